@@ -1,0 +1,5 @@
+import sys
+
+from changescope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Readers, the sample dict, text processing and the SynthChange generator."""

@@ -1,0 +1,75 @@
+"""Reading image and label files with errors that name the file.
+
+Band rule for images: 3-band images are used as they are; images with more than 3 bands (RGBA, or
+multispectral PNG/TIFF that Pillow reads) use their first 3 bands; palette images are converted to RGB;
+1-band (grayscale) and 2-band images are refused, since every model here expects RGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from changescope.errors import DataError
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"not a readable image ({err.__class__.__name__}: {err})") from None
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Return an ``[H, W, 3]`` uint8 array, applying the band rule of this module."""
+    img = _open(path)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I", "F"):
+        raise DataError(path, f"1-band {img.mode} image; expected 3 bands (RGB)")
+    arr = np.asarray(img)
+    if arr.ndim == 2 or arr.shape[2] < 3:
+        bands = 1 if arr.ndim == 2 else arr.shape[2]
+        raise DataError(path, f"{bands}-band image; expected 3 bands (RGB)")
+    if arr.dtype != np.uint8:
+        raise DataError(path, f"{arr.dtype} image; expected 8-bit RGB")
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Return the stored values of a label image (``[H, W]`` or ``[H, W, C]``), no conversion."""
+    img = _open(path)
+    if img.mode == "P":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` from the header only."""
+    img = _open_header(path)
+    return img.height, img.width
+
+
+def _open_header(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(path, f"not a readable image ({err.__class__.__name__}: {err})") from None
+
+
+def to_tensor_pair(a: np.ndarray, b: np.ndarray):
+    """Stack two ``[H, W, 3]`` uint8 arrays into a float ``[2, 3, H, W]`` tensor in [0, 1]."""
+    import torch
+
+    pair = np.stack([a, b]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(pair)).float().div_(255.0)

@@ -1,0 +1,57 @@
+"""Dataset readers, by format name.
+
+``open_dataset(root, split, format=None)`` is the one entry point: it detects the format from the files
+present when ``format`` is not given, and returns a ``torch.utils.data.Dataset`` of sample dicts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from changescope.errors import DataError
+
+#: format name -> "module:Class" (imported on use, so one broken optional reader never blocks the rest)
+FORMATS: dict[str, str] = {
+    "levir-cc": "changescope.data.readers.levir:LevirCC",
+    "levir-mci": "changescope.data.readers.levir:LevirMCI",
+    "dubai-cc": "changescope.data.readers.dubai:DubaiCC",
+    "second-cc": "changescope.data.readers.second:SecondCC",
+    "cdvqa": "changescope.data.readers.cdvqa:CDVQA",
+    "synthchange": "changescope.data.readers.synthchange:SynthChange",
+}
+
+
+def reader_class(format: str):
+    if format not in FORMATS:
+        raise DataError(None, f"unknown format '{format}' (known: {', '.join(FORMATS)})")
+    module, name = FORMATS[format].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def detect_format(root: str | Path) -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset directory not found")
+    if (root / "synthchange.json").is_file():
+        return "synthchange"
+    if (root / "LevirCCcaptions.json").is_file():
+        images = root / "images"
+        has_labels = images.is_dir() and any((d / "label").is_dir() for d in images.iterdir() if d.is_dir())
+        return "levir-mci" if has_labels else "levir-cc"
+    if (root / "SECOND-CC-AUG.json").is_file():
+        return "second-cc"
+    if any((root / f"{s}_questions.json").is_file() for s in ("Train", "Val", "Test", "Test2")):
+        return "cdvqa"
+    if any(
+        p.is_dir() for p in (root / "description_jsontr_te_val", *root.glob("*/description_jsontr_te_val"))
+    ):
+        return "dubai-cc"
+    raise DataError(
+        root, f"cannot tell the dataset format from its files; pass --format (one of {', '.join(FORMATS)})"
+    )
+
+
+def open_dataset(root: str | Path, split: str = "train", format: str | None = None, **kwargs):
+    fmt = format or detect_format(root)
+    return reader_class(fmt)(root, split=split, **kwargs)
