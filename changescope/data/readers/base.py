@@ -32,7 +32,13 @@ class PairEntry:
     flag: bool | None = None
     label: Path | None = None
     source: Path | None = None
+    #: further files the pair needs (e.g. SECOND-CC's before-date map), checked like the images
+    aux: tuple[Path, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        """Every file this pair needs, in a stable order."""
+        return [*self.images, *([self.label] if self.label else []), *self.aux]
 
 
 def read_json(path: Path) -> Any:
@@ -72,6 +78,16 @@ def karpathy_images(path: Path) -> list[dict[str, Any]]:
     return data["images"]
 
 
+def parse_changeflag(path: Path, image: dict[str, Any]) -> bool | None:
+    """The optional Karpathy-record ``changeflag`` (0 / 1) as a bool; None when absent."""
+    if "changeflag" not in image:
+        return None
+    value = image["changeflag"]
+    if value in (0, 1, "0", "1", True, False):
+        return bool(int(value))
+    raise DataError(path, f"{image['filename']}: changeflag must be 0 or 1, got {value!r}")
+
+
 def sentence_text(sentence: dict[str, Any]) -> str:
     """The caption as written: ``raw`` when present (stripped), else the ``tokens`` joined."""
     raw = sentence.get("raw")
@@ -102,7 +118,7 @@ class CaptionPairDataset(torch.utils.data.Dataset):
         self.entries: list[PairEntry] = [e for e in self._entries() if e.split == split]
         if check_files:
             for entry in self.entries:
-                for path in (*entry.images, *([entry.label] if entry.label else [])):
+                for path in entry.files():
                     if not path.is_file():
                         raise DataError(
                             path, f"file not found (listed for pair '{entry.id}' in {entry.source})"
@@ -141,9 +157,10 @@ class CaptionPairDataset(torch.utils.data.Dataset):
         arrays = [read_rgb(p) for p in entry.images]
         for path, array in zip(entry.images[1:], arrays[1:], strict=True):
             if array.shape != arrays[0].shape:
+                first = entry.images[0]
                 raise DataError(
                     path,
-                    f"image is {array.shape[1]}x{array.shape[0]} but {entry.images[0].name} is "
+                    f"image is {array.shape[1]}x{array.shape[0]} but {first.parent.name}/{first.name} is "
                     f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; the images of a pair must have one size",
                 )
         return arrays
@@ -152,6 +169,11 @@ class CaptionPairDataset(torch.utils.data.Dataset):
         if entry.label is None:
             return None
         return self._decode_label(entry.label, shape)
+
+    def _targets(self, entry: PairEntry, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Per-pixel targets of a pair as sample keys; richer datasets add keys (e.g. ``semantic``)."""
+        mask = self.read_mask(entry, shape)
+        return {} if mask is None else {"mask": mask}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -170,9 +192,8 @@ class CaptionPairDataset(torch.utils.data.Dataset):
             "captions": list(entry.captions),
             "changed": self.changed(entry),
         }
-        mask = self.read_mask(entry, arrays[0].shape[:2])
-        if mask is not None:
-            sample["mask"] = torch.from_numpy(mask.astype(np.int64))
+        for key, value in self._targets(entry, arrays[0].shape[:2]).items():
+            sample[key] = torch.from_numpy(value.astype(np.int64))
         return sample
 
 

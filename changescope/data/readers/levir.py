@@ -23,6 +23,7 @@ from changescope.data.readers.base import (
     PairEntry,
     decode_values,
     karpathy_images,
+    parse_changeflag,
     sentence_text,
 )
 from changescope.errors import DataError
@@ -34,15 +35,6 @@ LEVIR_NO_CHANGE = (
     "no change has occurred",
     "almost nothing has changed",
 )
-
-
-def _flag(path: Path, image: dict) -> bool | None:
-    if "changeflag" not in image:
-        return None
-    value = image["changeflag"]
-    if value in (0, 1, "0", "1", True, False):
-        return bool(int(value))
-    raise DataError(path, f"{image['filename']}: changeflag must be 0 or 1, got {value!r}")
 
 
 class LevirCC(CaptionPairDataset):
@@ -68,7 +60,7 @@ class LevirCC(CaptionPairDataset):
                     split=split,
                     images=(folder / "A" / name, folder / "B" / name),
                     captions=[sentence_text(s) for s in image["sentences"]],
-                    flag=_flag(path, image),
+                    flag=parse_changeflag(path, image),
                     label=folder / self.label_dir / name if self.label_dir else None,
                     source=path,
                 )
