@@ -1,0 +1,70 @@
+"""The configuration that fully describes a change model; saved as ``config.json`` beside its weights.
+
+A config is plain data: rebuilding a model needs this file, the weights and the vocabulary, never the
+training code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from changescope.errors import DataError
+
+CONFIG_FORMAT = "changescope-model/1"
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "custom"
+    #: timm model name; the Siamese backbone sees A and B with shared weights
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_pretrained: bool = False
+    backbone_frozen: bool = False
+    out_indices: tuple[int, ...] | None = None
+    #: images are resized to this square size by the processor
+    image_size: int = 256
+    encoder: str = "chg2cap"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = 0
+    #: the paper (or papers) this architecture follows, and where it differs
+    reference: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out_indices"] = None if self.out_indices is None else list(self.out_indices)
+        return {"format": CONFIG_FORMAT, **out}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], source: str | Path | None = None) -> ModelConfig:
+        if obj.get("format") != CONFIG_FORMAT:
+            raise DataError(source, f"not a changescope model config (expected format '{CONFIG_FORMAT}')")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known - {"format"})
+        if unknown:
+            raise DataError(source, f"unknown config keys {unknown} (written by a newer changescope?)")
+        values = {k: v for k, v in obj.items() if k in known}
+        if values.get("out_indices") is not None:
+            values["out_indices"] = tuple(values["out_indices"])
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        from changescope.fileio import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "config.json not found (not a directory written by save_pretrained)")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(path, f"config is not valid JSON ({err})") from None
+        if not isinstance(obj, dict):
+            raise DataError(path, "config must be a JSON object")
+        return cls.from_dict(obj, source=path)

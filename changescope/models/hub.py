@@ -1,0 +1,108 @@
+"""``save_pretrained`` / ``from_pretrained``: a model directory that rebuilds without the training code.
+
+A directory holds ``config.json`` (the architecture, :class:`ModelConfig`), ``model.safetensors`` (the
+weights; never a pickle) and ``vocab.json`` (the exact token ids the weights were trained with). It is
+written to a temporary sibling and renamed into place, so an interrupted save never leaves a directory that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from changescope.data.text import Vocabulary
+from changescope.errors import DataError
+from changescope.models.captioner import ChangeCaptioner
+from changescope.models.config import ModelConfig
+from changescope.models.processor import ChangeProcessor
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+VOCAB_NAME = "vocab.json"
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    if directory.exists():
+        if any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file():
+            raise DataError(
+                directory, "exists and is not a changescope model directory; refusing to overwrite"
+            )
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+def save_pretrained(
+    model: ChangeCaptioner,
+    processor: ChangeProcessor,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write config, weights (optionally cast, e.g. ``torch.float16`` to halve the size) and vocabulary."""
+    from safetensors.torch import save_file
+
+    if len(processor.vocab) != model.config.vocab_size:
+        raise ValueError(
+            f"vocabulary has {len(processor.vocab)} tokens, model expects {model.config.vocab_size}"
+        )
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.config.save(tmp / CONFIG_NAME)
+        processor.vocab.save(tmp / VOCAB_NAME)
+        state = {}
+        for name, tensor in model.state_dict().items():
+            tensor = tensor.detach().cpu()
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            state[name] = tensor.contiguous().clone()  # clone: tied weights must not share storage here
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def from_pretrained(directory: str | Path) -> tuple[ChangeCaptioner, ChangeProcessor]:
+    """Rebuild the model (in eval mode, float32) and its processor; never unpickles, never downloads."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "model directory not found")
+    config = ModelConfig.load(directory / CONFIG_NAME)
+    config.backbone_pretrained = False  # the weights file has every tensor
+    vocab = Vocabulary.load(directory / VOCAB_NAME)
+    if len(vocab) != config.vocab_size:
+        raise DataError(
+            directory / VOCAB_NAME,
+            f"wrong vocabulary: {len(vocab)} tokens, but the model was trained with {config.vocab_size}",
+        )
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise DataError(weights, "weights file not found")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise DataError(weights, f"not a readable safetensors file ({err})") from None
+    model = ChangeCaptioner(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        problem = result.missing_keys[:3] or result.unexpected_keys[:3]
+        raise DataError(weights, f"weights do not match config.json (e.g. {problem})")
+    model.eval()
+    max_len = int(config.decoder_kwargs.get("max_len", 42))
+    return model, ChangeProcessor(vocab, config.image_size, max_len)

@@ -1,0 +1,57 @@
+"""Turns user images and captions into model inputs, and model outputs back into text.
+
+One path for training, evaluation and prediction: images of any size are resized (bilinear, antialiased)
+to the model's square ``image_size``; captions are encoded with the model's saved vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from changescope.data.imageio import read_rgb
+from changescope.data.text import Vocabulary
+from changescope.errors import DataError
+
+
+class ChangeProcessor:
+    def __init__(self, vocab: Vocabulary, image_size: int, max_len: int):
+        self.vocab, self.image_size, self.max_len = vocab, image_size, max_len
+
+    def resize(self, images: Tensor) -> Tensor:
+        """``[..., 3, H, W]`` float -> ``[..., 3, S, S]``; a no-op at the model's size."""
+        if images.shape[-2:] == (self.image_size, self.image_size):
+            return images
+        lead = images.shape[:-3]
+        flat = images.reshape(-1, *images.shape[-3:])
+        out = F.interpolate(
+            flat, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )
+        return out.clamp_(0, 1).reshape(*lead, 3, self.image_size, self.image_size)
+
+    def load_pair(self, before: str | Path, after: str | Path) -> Tensor:
+        """Read two image files (band rule of ``read_rgb``) -> ``[2, 3, S, S]``."""
+        a, b = read_rgb(before), read_rgb(after)
+        if a.shape != b.shape:
+            raise DataError(
+                after,
+                f"image is {b.shape[1]}x{b.shape[0]} but {Path(before).name} is {a.shape[1]}x{a.shape[0]}",
+            )
+        pair = torch.from_numpy(np.stack([a, b]).transpose(0, 3, 1, 2).copy()).float().div_(255)
+        return self.resize(pair)
+
+    def encode_captions(self, captions: Sequence[str]) -> Tensor:
+        """Token ids ``[N, L]`` padded with ``<pad>``, each ``<start> ... <end>`` cut to ``max_len``."""
+        ids = [self.vocab.encode(c, max_len=self.max_len) for c in captions]
+        out = torch.full((len(ids), max(map(len, ids))), self.vocab.pad_id, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            out[row, : len(seq)] = torch.tensor(seq)
+        return out
+
+    def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        return [self.vocab.decode(seq) for seq in sequences]

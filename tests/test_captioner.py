@@ -1,0 +1,101 @@
+"""The composed captioner, presets and save_pretrained / from_pretrained."""
+
+import json
+
+import pytest
+import torch
+
+from changescope.data.text import Vocabulary
+from changescope.errors import ChangescopeError, DataError
+from changescope.models.captioner import ChangeCaptioner
+from changescope.models.hub import from_pretrained, save_pretrained
+from changescope.models.presets import PRESETS, build_config
+from changescope.models.processor import ChangeProcessor
+
+TINY = {
+    "backbone": "resnet18",
+    "backbone_pretrained": False,
+    "image_size": 64,
+    "encoder_kwargs": {"d_model": 32, "num_layers": 1, "num_heads": 4},
+    "decoder_kwargs": {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64, "max_len": 12},
+}
+
+
+def _tiny(encoder="chg2cap"):
+    vocab = Vocabulary.build(["a new road is built", "two houses are built", "there is no difference"], 1)
+    config = build_config("chg2cap", len(vocab), **{**TINY, "encoder": encoder})
+    torch.manual_seed(0)
+    return ChangeCaptioner(config).eval(), ChangeProcessor(vocab, 64, 12)
+
+
+@pytest.mark.parametrize("encoder", ["chg2cap", "rsiccformer", "bicross", "sen"])
+def test_forward_and_generate_every_encoder(encoder):
+    model, processor = _tiny(encoder)
+    images = torch.rand(3, 2, 3, 64, 64)
+    tokens = processor.encode_captions(["a new road is built", "two houses", "there is no difference"])
+    assert model(images, tokens).shape == (*tokens.shape, model.config.vocab_size)
+    out = model.generate(images, beam_size=2)
+    assert len(out) == 3 and all(len(seq) <= 11 for seq in out)
+
+
+def test_presets_build_and_unknown_name_is_one_line():
+    for name in PRESETS:
+        config = build_config(name, 10, backbone_pretrained=False)
+        assert config.preset == name and config.reference
+    with pytest.raises(ChangescopeError, match="unknown preset 'nope'"):
+        build_config("nope", 10)
+
+
+def test_processor_resizes_any_size_and_encodes():
+    _, processor = _tiny()
+    assert processor.resize(torch.rand(2, 3, 50, 70)).shape == (2, 3, 64, 64)
+    ids = processor.encode_captions(["a new road is built", "a"])
+    assert ids.shape == (2, 7) and ids[1, 3:].eq(0).all()
+    assert processor.decode(ids.tolist()) == ["a new road is built", "a"]
+
+
+def test_save_load_round_trip_gives_identical_captions(tmp_path):
+    model, processor = _tiny()
+    images = torch.rand(4, 2, 3, 64, 64)
+    before = model.generate(images, beam_size=3)
+    save_pretrained(model, processor, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+    ]
+    loaded, loaded_proc = from_pretrained(tmp_path / "m")
+    assert loaded.generate(images, beam_size=3) == before
+    assert loaded_proc.vocab.itos == processor.vocab.itos
+    # saving again replaces the directory whole; nothing else is left beside it
+    save_pretrained(loaded, loaded_proc, tmp_path / "m", dtype=torch.float16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    half, _ = from_pretrained(tmp_path / "m")
+    assert half.decoder.embed.weight.dtype == torch.float32
+
+
+def test_bad_model_directories_are_one_line_errors(tmp_path):
+    model, processor = _tiny()
+    save_pretrained(model, processor, tmp_path / "m")
+    with pytest.raises(DataError, match="model directory not found"):
+        from_pretrained(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="config.json not found"):
+        from_pretrained(tmp_path / "empty")
+    Vocabulary.build(["just one other word"], 1).save(tmp_path / "m" / "vocab.json")
+    with pytest.raises(DataError, match="wrong vocabulary"):
+        from_pretrained(tmp_path / "m")
+    processor.vocab.save(tmp_path / "m" / "vocab.json")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(DataError, match="model.safetensors"):
+        from_pretrained(tmp_path / "m")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep")
+    with pytest.raises(DataError, match="refusing to overwrite"):
+        save_pretrained(model, processor, tmp_path / "data")
+    assert (tmp_path / "data" / "precious.txt").read_text() == "keep"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["format"] = "other"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="not a changescope model config"):
+        from_pretrained(tmp_path / "m")
