@@ -127,6 +127,197 @@ def score(
 
 
 @app.command()
+def train(
+    preset: str | None = typer.Option(None, "--preset", help="Architecture (see `changescope models`)."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset directory."),
+    format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (model/, checkpoints/, metrics)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of these options; flags win."),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of encoder and decoder."),
+    min_freq: int | None = typer.Option(None, "--min-freq", help="Vocabulary: train words seen >= N times."),
+    image_size: int | None = typer.Option(None, "--image-size"),
+    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Backbone weights."),
+    seed: int | None = typer.Option(None, "--seed"),
+    patience: int | None = typer.Option(None, "--patience", help="Early stop after N epochs without gain."),
+    monitor: str | None = typer.Option(None, "--monitor", help="Validation metric for the best model."),
+    num_workers: int | None = typer.Option(None, "--num-workers"),
+    limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+) -> None:
+    """Train a change captioner; the best model by the validation metric lands in OUT/model."""
+    from changescope.tasks.captioning import TrainOptions
+    from changescope.tasks.captioning import train as run_training
+
+    values: dict = {}
+    if config is not None:
+        values.update(_read_yaml(config))
+    flags = {
+        "preset": preset,
+        "data": data,
+        "format": format,
+        "out": out,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "min_freq": min_freq,
+        "image_size": image_size,
+        "pretrained": pretrained,
+        "seed": seed,
+        "patience": patience,
+        "monitor": monitor,
+        "num_workers": num_workers,
+        "limit_pairs": limit_pairs,
+    }
+    values.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+    if resume:
+        if "out" not in values:
+            raise typer.BadParameter("--resume needs --out (the run directory)")
+        options = TrainOptions(out=values["out"], epochs=values.get("epochs", 0))
+    else:
+        options = TrainOptions.from_mapping(values, config)
+    summary = run_training(options, resume=resume)
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument("default", help="Model directory, training run directory, or 'default'."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory."),
+    split: str = typer.Option("test", "--split"),
+    format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
+    beam: int = typer.Option(1, "--beam", help="Beam size (1 = greedy)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    out: Path | None = typer.Option(None, "--out", help="Also write the result JSON here."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Write the captions as JSONL here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (fractions)."),
+    meteor: bool | None = typer.Option(
+        None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
+    ),
+) -> None:
+    """Caption a dataset split with MODEL and print the paper-style table."""
+    from changescope.fileio import write_json_atomic
+    from changescope.metrics.table import caption_table
+    from changescope.tasks.inference import Decoding
+    from changescope.tasks.inference import evaluate as run_evaluation
+
+    _check_decoding(beam, batch_size)
+    decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
+    result = run_evaluation(model, data, split, format, decoding, meteor=meteor, predictions_out=predictions)
+    if out is not None:
+        write_json_atomic(out, result)
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(caption_table(result))
+        typer.echo(
+            f"model {result['model']} ({result['preset']}), decoding {json.dumps(result['decoding'])}, "
+            f"vocabulary sha256 {result['vocab_sha256'][:12]}, training seed {result['seed']}"
+        )
+
+
+@app.command()
+def describe(
+    paths: list[str] = typer.Argument(
+        ..., help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER holding A/ and B/ with matching file names."
+    ),
+    beam: int = typer.Option(1, "--beam", help="Beam size (1 = greedy)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    out: Path | None = typer.Option(None, "--out", help="For a folder: write JSONL here (else print it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
+) -> None:
+    """Say what changed between two images (any size Pillow reads), or for every pair in a folder.
+
+    MODEL defaults to the shipped model ('default'). Images with more than 3 bands use the first 3;
+    1-band images are refused.
+    """
+    from changescope.tasks.inference import (
+        Decoding,
+        check_pair_files,
+        describe_files,
+        folder_pairs,
+        load,
+        write_jsonl,
+    )
+
+    _check_decoding(beam, batch_size)
+    model_spec, inputs = _split_model_arg(paths)
+    decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
+    if len(inputs) == 1:
+        pairs = folder_pairs(inputs[0])
+    elif len(inputs) == 2:
+        pairs = [(Path(inputs[1]).stem, Path(inputs[0]), Path(inputs[1]))]
+    else:
+        raise typer.BadParameter("give BEFORE AFTER or a FOLDER, optionally after MODEL")
+    check_pair_files(pairs)
+    model, processor, model_path = load(model_spec)
+    rows = describe_files(model, processor, pairs, decoding)
+    if out is not None:
+        write_jsonl(out, rows)
+        typer.echo(f"wrote {len(rows)} captions to {out}")
+    elif as_json:
+        meta = {"model": str(model_path), "beam_size": beam}
+        _echo_json({**rows[0], **meta} if len(inputs) == 2 else [{**r, **meta} for r in rows])
+    else:
+        for row in rows:
+            typer.echo(row["caption"] if len(rows) == 1 else f"{row['id']}\t{row['caption']}")
+
+
+def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
+    """``[MODEL] inputs``: the first path is MODEL when it is 'default' or holds a saved model."""
+    first = Path(paths[0])
+    is_model = (
+        paths[0] == "default"
+        or (first / "config.json").is_file()
+        or (first / "model" / "config.json").is_file()
+    )
+    if is_model and len(paths) > 1:
+        return paths[0], paths[1:]
+    return "default", paths
+
+
+def _check_decoding(beam: int, batch_size: int) -> None:
+    if beam < 1:
+        raise typer.BadParameter("--beam must be >= 1")
+    if batch_size < 1:
+        raise typer.BadParameter("--batch-size must be >= 1")
+
+
+@app.command()
+def models() -> None:
+    """List the presets with their parameter counts (built without weights)."""
+    from changescope.models.captioner import ChangeCaptioner
+    from changescope.models.presets import PRESETS, build_config
+    from changescope.models.utils import count_parameters
+
+    typer.echo(f"{'preset':<13}{'parameters':>12}  backbone / encoder  (vocabulary of 500 words)")
+    for name in PRESETS:
+        config = build_config(name, 504, backbone_pretrained=False)
+        total = count_parameters(ChangeCaptioner(config))
+        typer.echo(f"{name:<13}{total / 1e6:>10.1f} M  {config.backbone} / {config.encoder}")
+        typer.echo(f"{'':<13}{config.reference}")
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    from changescope.errors import DataError
+
+    if not path.is_file():
+        raise DataError(path, "config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise DataError(path, f"invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise DataError(path, "a training config must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from changescope import __version__

@@ -73,3 +73,7 @@ def to_tensor_pair(a: np.ndarray, b: np.ndarray):
 
     pair = np.stack([a, b]).transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(pair)).float().div_(255.0)
+
+
+#: file suffixes treated as images when scanning folders (anything Pillow reads can still be passed by name)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})

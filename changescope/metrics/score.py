@@ -104,6 +104,16 @@ def score_predictions(
             pred_path,
             f"no prediction for id {_name_ids(missing)} ({len(missing)} of {len(references)} pairs)",
         )
+    return score_dataset(predictions, dataset, root, meteor=meteor)
+
+
+def score_dataset(
+    predictions: dict[str, str], dataset: Any, root: str | Path, meteor: bool | None = None
+) -> dict[str, Any]:
+    """Score captions keyed by pair id against every pair of an opened caption dataset (same keys as
+    :func:`score_predictions`); the caller has checked that the ids match."""
+    root = Path(root)
+    references, changed = _references(dataset, root)
     try:
         result = evaluate_captions(
             predictions, references, changed, type(dataset).no_change_sentences, meteor=meteor
@@ -118,7 +128,7 @@ def score_predictions(
         "subsets": subsets,
         "counts": result["counts"],
         "n": len(references),
-        "split": split,
-        "format": getattr(dataset, "name", format),
+        "split": dataset.split,
+        "format": getattr(dataset, "name", None),
         "protocol": caption_protocol(),
     }

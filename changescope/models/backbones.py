@@ -176,6 +176,8 @@ class Backbone(nn.Module):
             indices = tuple(i % len(reductions) for i in out_indices)
         self.name, self.in_chans, self.out_indices = name, in_chans, indices
         self.body = _create(timm, name, pretrained, indices, in_chans, dynamic)
+        # channels-last runs the convolutions (depthwise ones above all) several times faster on CPU
+        self.body.to(memory_format=torch.channels_last)
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
         fmt = getattr(self.body, "output_fmt", "NCHW")
@@ -206,7 +208,8 @@ class Backbone(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             expected = f"[B, {self.in_chans}, H, W] in [0, 1]"
             raise ValueError(f"backbone {self.name} expects images {expected}, got {tuple(x.shape)}")
-        levels = self.body((x - self.mean) / self.std)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        levels = self.body(x)
         if self._channels_last:  # Swin-style bodies return NHWC
             levels = [f.permute(0, 3, 1, 2) for f in levels]
         return list(levels)

@@ -45,6 +45,21 @@ class ChangeCaptioner(nn.Module):
         levels_a, levels_b = self.backbone.forward_pair(before, after)
         return self.encoder(levels_a[-1], levels_b[-1])
 
+    @property
+    def can_cache_features(self) -> bool:
+        """True when backbone features are fixed inputs: frozen weights and a two-stream encoder."""
+        return self.backbone.frozen and not self.encoder.single_stream
+
+    @torch.no_grad()
+    def backbone_features(self, images: Tensor) -> Tensor:
+        """Last-level maps of the first and last date, ``[B, 2, C, h, w]`` (what ``encode`` feeds on)."""
+        levels_a, levels_b = self.backbone.forward_pair(images[:, 0], images[:, -1])
+        return torch.stack([levels_a[-1], levels_b[-1]], dim=1)
+
+    def encode_features(self, features: Tensor) -> Tensor:
+        """Change tokens from ``backbone_features`` output (for training on cached frozen features)."""
+        return self.encoder(features[:, 0].float(), features[:, 1].float())
+
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher forcing: logits ``[B, L, vocab]`` for ``tokens`` ``[B, L]`` (``<start>`` first)."""
         return self.decoder(self.encode(images), tokens)

@@ -1,0 +1,1 @@
+"""Training logic per task (Lightning modules), built on the models and the sample contract."""

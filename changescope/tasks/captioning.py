@@ -1,0 +1,327 @@
+"""Training a change captioner with Lightning.
+
+The run directory ``OUT`` holds::
+
+    OUT/run.json               what was asked (options, model config, vocabulary): resuming rebuilds from it
+    OUT/model/                 the best model so far (save_pretrained + training.json), replaced
+                               atomically each time the validation metric improves
+    OUT/checkpoints/last.ckpt  the full training state at the end of the last finished epoch (for --resume)
+    OUT/metrics.jsonl          one line per epoch: training loss and validation metrics (kept across --resume)
+
+Model selection: the validation split is captioned greedily after every epoch and scored by pycocoevalcap
+(without METEOR, to keep the JVM out of the loop); the best epoch by ``monitor`` (CIDEr-D by default) is
+exported, and training stops early after ``patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from changescope.data.readers import open_dataset
+from changescope.data.text import Vocabulary
+from changescope.errors import ChangescopeError, DataError, require
+from changescope.fileio import write_json_atomic, write_text_atomic
+from changescope.models.captioner import ChangeCaptioner
+from changescope.models.config import ModelConfig
+from changescope.models.hub import save_pretrained
+from changescope.models.presets import build_config
+from changescope.models.processor import ChangeProcessor
+from changescope.tasks.data import caption_loader
+
+pl = require("lightning.pytorch", "train", "training")
+
+MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L", "S*m")
+
+
+@dataclass
+class TrainOptions:
+    data: str = ""
+    out: str = ""
+    preset: str = "lite"
+    format: str | None = None
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    min_freq: int = 5
+    image_size: int | None = None
+    pretrained: bool | None = None
+    seed: int = 0
+    patience: int = 5
+    monitor: str = "CIDEr-D"
+    num_workers: int = 0
+    limit_pairs: int | None = None
+    #: precompute frozen backbone features once (ignored when the backbone trains)
+    cache_features: bool = True
+    accelerator: str = "auto"
+    devices: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str | Path | None = None) -> TrainOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DataError(source, f"unknown training options {unknown} (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    def validate(self) -> None:
+        if not self.data or not self.out:
+            raise ChangescopeError("training needs --data and --out")
+        if self.monitor not in MONITORS:
+            raise ChangescopeError(f"--monitor must be one of {', '.join(MONITORS)}")
+        for name in ("epochs", "batch_size", "min_freq"):
+            if getattr(self, name) < 1:
+                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+class CaptioningTask(pl.LightningModule):
+    def __init__(
+        self, config: ModelConfig, vocab: Vocabulary, options: TrainOptions, no_change: tuple[str, ...]
+    ):
+        super().__init__()
+        self.model = ChangeCaptioner(config)
+        max_len = int(config.decoder_kwargs.get("max_len", 42))
+        self.processor = ChangeProcessor(vocab, config.image_size, max_len)
+        self.options, self.no_change = options, no_change
+        self._predictions: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
+        self._changed: dict[str, bool] = {}
+        self._train_losses: list[torch.Tensor] = []
+
+    def _memory(self, batch):
+        if "features" in batch:
+            return self.model.encode_features(batch["features"])
+        return self.model.encode(batch["image"])
+
+    def training_step(self, batch, batch_idx):
+        memory = self._memory(batch)
+        loss = self.model.decoder.loss(memory, batch["tokens"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
+        self._train_losses.append(loss.detach())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        sequences = self.model.decoder.generate(self._memory(batch), beam_size=1)
+        for pair_id, text, refs, changed in zip(
+            batch["id"],
+            self.processor.decode(sequences),
+            batch["captions"],
+            batch["changed"].tolist(),
+            strict=True,
+        ):
+            self._predictions[pair_id], self._references[pair_id], self._changed[pair_id] = (
+                text,
+                refs,
+                changed,
+            )
+
+    def on_validation_epoch_end(self):
+        from changescope.metrics.captions import evaluate_captions
+
+        if self._train_losses:
+            self.log("train/loss_epoch", torch.stack(self._train_losses).mean())
+            self._train_losses = []
+        if not self._predictions:
+            return
+        result = evaluate_captions(
+            self._predictions, self._references, self._changed, self.no_change, meteor=False
+        )
+        scores = result["all"]
+        for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
+            self.log(f"val/{key}", float(scores[key]), prog_bar=key in ("BLEU-4", "CIDEr-D"))
+        # S*m without METEOR is not the papers' S*m; it is only logged when METEOR ran
+        if result.get("no_change_accuracy") is not None:
+            self.log("val/no_change_accuracy", float(result["no_change_accuracy"]))
+        self._predictions, self._references, self._changed = {}, {}, {}
+
+    def configure_optimizers(self):
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        groups = [{"params": rest, "lr": self.options.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.options.lr * self.options.backbone_lr_scale})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.options.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.options.epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class AtomicCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's checkpoint callback, but a checkpoint appears under its name only once fully written."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        tmp = f"{filepath}.part"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
+class ExportBest(pl.Callback):
+    """Writes ``OUT/model`` with save_pretrained whenever the monitored validation metric improves."""
+
+    def __init__(self, out: Path, monitor: str, options: TrainOptions):
+        self.out, self.monitor, self.options = out, monitor, options
+        self.best: float = -math.inf
+        self.best_epoch: int | None = None
+
+    def on_validation_end(self, trainer, task: CaptioningTask):
+        # runs after the task's on_validation_epoch_end has logged the metrics, before the checkpoint
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or float(value) <= self.best:
+            return
+        self.best, self.best_epoch = float(value), trainer.current_epoch
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        save_pretrained(task.model, task.processor, self.out / "model")
+        write_json_atomic(
+            self.out / "model" / "training.json",
+            {
+                "epoch": self.best_epoch,
+                "monitor": self.monitor,
+                "validation": metrics,
+                "seed": self.options.seed,
+                "options": asdict(self.options),
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class MetricsLog(pl.Callback):
+    """Keeps one row per epoch (training loss, validation metrics) and rewrites ``OUT/metrics.jsonl``.
+
+    The rows are part of the checkpoint, so a resumed run's file lists every epoch exactly once.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer, task):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        row.update(
+            {
+                k: round(float(v), 6)
+                for k, v in sorted(trainer.callback_metrics.items())
+                if k.startswith(("val/", "train/loss_epoch"))
+            }
+        )
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+
+
+def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabulary]:
+    """A new run: vocabulary from the train split, model config from the preset; both recorded in run.json."""
+    train_ds = open_dataset(options.data, "train", options.format, check_files=False)
+    captions = [c for e in train_ds.entries for c in e.captions]
+    if not captions:
+        raise DataError(options.data, "the train split has no captions")
+    vocab = Vocabulary.build(captions, min_freq=options.min_freq)
+    overrides = dict(options.overrides)
+    if options.image_size is not None:
+        overrides["image_size"] = options.image_size
+    if options.pretrained is not None:
+        overrides["backbone_pretrained"] = options.pretrained
+    config = build_config(options.preset, len(vocab), **overrides)
+    write_json_atomic(
+        out / "run.json", {"options": asdict(options), "config": config.to_dict(), "vocab": vocab.to_dict()}
+    )
+    return config, vocab
+
+
+def _load_run(out: Path) -> tuple[TrainOptions, ModelConfig, Vocabulary]:
+    path = out / "run.json"
+    if not path.is_file():
+        raise DataError(path, "no training run to resume here (run.json not found)")
+    run = json.loads(path.read_text(encoding="utf-8"))
+    vocab = Vocabulary(run["vocab"]["words"], min_freq=run["vocab"]["min_freq"])
+    return TrainOptions.from_mapping(run["options"], path), ModelConfig.from_dict(run["config"], path), vocab
+
+
+def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a captioner; return a summary with the best validation metric and model path."""
+    out = Path(options.out)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume:
+        saved, config, vocab = _load_run(out)
+        if not last.is_file():
+            raise DataError(
+                last, "no checkpoint to resume from (the run stopped before its first epoch ended)"
+            )
+        # the run's own settings win, except how long to train
+        options = TrainOptions(**{**asdict(saved), "epochs": options.epochs or saved.epochs})
+    else:
+        options.validate()
+        if (out / "run.json").exists():
+            raise DataError(
+                out, "already holds a training run: pass --resume to continue it, or another --out"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        config, vocab = _prepare_run(options, out)
+
+    pl.seed_everything(options.seed, workers=True, verbose=False)
+    dataset_cls = type(open_dataset(options.data, "val", options.format, check_files=False))
+    task = CaptioningTask(config, vocab, options, tuple(dataset_cls.no_change_sentences))
+
+    def loader(split: str, train_mode: bool):
+        dataset = open_dataset(options.data, split, options.format)
+        if options.limit_pairs:
+            dataset.entries = dataset.entries[: options.limit_pairs]
+        model = task.model if options.cache_features else None
+        return caption_loader(
+            dataset, task.processor, options.batch_size, train_mode, options.num_workers, options.seed, model
+        )
+
+    monitor = f"val/{options.monitor}"
+    export = ExportBest(out, monitor, options)
+    callbacks = [
+        AtomicCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True),
+        export,
+        MetricsLog(out / "metrics.jsonl"),
+        pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=options.patience),
+    ]
+    trainer = pl.Trainer(
+        default_root_dir=out,
+        max_epochs=options.epochs,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        callbacks=callbacks,
+        logger=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        deterministic=False,
+        gradient_clip_val=5.0,
+    )
+    trainer.fit(task, loader("train", True), loader("val", False), ckpt_path=str(last) if resume else None)
+    if export.best_epoch is None:
+        raise ChangescopeError("training finished without a validation result; no model was exported")
+    return {
+        "model": str(out / "model"),
+        "best_epoch": export.best_epoch,
+        monitor: export.best,
+        "epochs_run": trainer.current_epoch,
+    }

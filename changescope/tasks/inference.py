@@ -1,0 +1,160 @@
+"""Running a saved captioner: resolve MODEL, caption a dataset split, a pair of files, or a folder of pairs.
+
+``MODEL`` is a directory written by ``save_pretrained``, a training run directory (its ``model/`` is used),
+or the word ``default``: the model shipped inside the package (trained on SynthChange only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from changescope.data.imageio import IMAGE_SUFFIXES, image_size
+from changescope.data.readers import open_dataset
+from changescope.errors import DataError
+from changescope.fileio import atomic_path
+from changescope.models.captioner import ChangeCaptioner
+from changescope.models.hub import CONFIG_NAME, from_pretrained
+from changescope.models.processor import ChangeProcessor
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "default"
+
+
+@dataclass
+class Decoding:
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    batch_size: int = 32
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty}
+
+
+def resolve_model(spec: str | Path) -> Path:
+    if str(spec) == "default":
+        if not (DEFAULT_MODEL / CONFIG_NAME).is_file():
+            raise DataError(DEFAULT_MODEL, "the shipped default model is missing from this installation")
+        return DEFAULT_MODEL
+    path = Path(spec)
+    if (path / "model" / CONFIG_NAME).is_file() and not (path / CONFIG_NAME).is_file():
+        return path / "model"  # a training run directory
+    return path
+
+
+def load(spec: str | Path) -> tuple[ChangeCaptioner, ChangeProcessor, Path]:
+    path = resolve_model(spec)
+    model, processor = from_pretrained(path)
+    return model, processor, path
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def caption_pairs(
+    model: ChangeCaptioner, processor: ChangeProcessor, images: torch.Tensor, decoding: Decoding
+) -> list[str]:
+    """Captions for a batch of pairs ``[B, T, 3, H, W]`` in [0, 1] (any H, W: resized here)."""
+    sequences = model.generate(processor.resize(images), **decoding.kwargs())
+    return processor.decode(sequences)
+
+
+def caption_split(model, processor, dataset, decoding: Decoding) -> dict[str, str]:
+    predictions: dict[str, str] = {}
+    for indices in _batches(list(range(len(dataset))), decoding.batch_size):
+        samples = [dataset[i] for i in indices]
+        images = torch.stack([processor.resize(s["image"]) for s in samples])
+        for sample, text in zip(samples, caption_pairs(model, processor, images, decoding), strict=True):
+            predictions[sample["id"]] = text
+    return predictions
+
+
+def evaluate(
+    spec: str | Path,
+    data: str | Path,
+    split: str = "test",
+    format: str | None = None,
+    decoding: Decoding | None = None,
+    meteor: bool | None = None,
+    predictions_out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Caption every pair of ``split``, score it as ``score`` does, and record the settings."""
+    from changescope.metrics.score import score_dataset
+
+    decoding = decoding or Decoding()
+    model, processor, path = load(spec)
+    dataset = open_dataset(data, split=split, format=format)
+    with torch.inference_mode():
+        predictions = caption_split(model, processor, dataset, decoding)
+    if predictions_out is not None:
+        write_jsonl(predictions_out, ({"id": k, "caption": v} for k, v in predictions.items()))
+    result = score_dataset(predictions, dataset, data, meteor=meteor)
+    training = path / "training.json"
+    result.update(
+        {
+            "model": str(path),
+            "preset": model.config.preset,
+            "decoding": {**asdict(decoding), "max_len": processor.max_len},
+            "vocab_sha256": processor.vocab.sha256,
+            "seed": json.loads(training.read_text())["seed"] if training.is_file() else None,
+            "data": str(data),
+        }
+    )
+    return result
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def folder_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(id, before, after)`` for ``FOLDER/A/<name>`` and ``FOLDER/B/<name>`` with the same file stem."""
+    folder = Path(folder)
+    before_dir, after_dir = folder / "A", folder / "B"
+    for sub in (before_dir, after_dir):
+        if not sub.is_dir():
+            raise DataError(
+                sub, "not found: a folder of pairs holds A/ (before) and B/ (after) with matching names"
+            )
+    before = {p.stem: p for p in before_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    after = {p.stem: p for p in after_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    unmatched = sorted(set(before) ^ set(after))
+    if unmatched:
+        side = "B" if unmatched[0] in before else "A"
+        raise DataError(folder / side, f"no image named '{unmatched[0]}' to pair with the other folder")
+    if not before:
+        raise DataError(before_dir, "no images found")
+    return [(stem, before[stem], after[stem]) for stem in sorted(before)]
+
+
+def check_pair_files(pairs: list[tuple[str, Path, Path]]) -> None:
+    """Fail fast, before a model is loaded: every file exists, is an image, and each pair has one size."""
+    for _, before, after in pairs:
+        size_a, size_b = image_size(before), image_size(after)
+        if size_a != size_b:
+            raise DataError(
+                after,
+                f"image is {size_b[1]}x{size_b[0]} but {before.name} is {size_a[1]}x{size_a[0]}; "
+                "the images of a pair must have one size",
+            )
+
+
+def describe_files(model, processor, pairs: list[tuple[str, Path, Path]], decoding: Decoding) -> list[dict]:
+    """Caption image files; every pair is read and checked before any is captioned (no partial output)."""
+    tensors = [processor.load_pair(a, b) for _, a, b in pairs]
+    rows = []
+    with torch.inference_mode():
+        for chunk in _batches(list(range(len(pairs))), decoding.batch_size):
+            images = torch.stack([tensors[i] for i in chunk])
+            for i, text in zip(chunk, caption_pairs(model, processor, images, decoding), strict=True):
+                pair_id, a, b = pairs[i]
+                rows.append({"id": pair_id, "before": str(a), "after": str(b), "caption": text})
+    return rows

@@ -1,0 +1,143 @@
+"""Training, resuming, evaluating and describing through the real `changescope` command.
+
+A tiny architecture (set through the YAML config's `overrides`) on 64 SynthChange pairs at 64 px keeps this
+in the fast suite; the shipped model's training command is the same with the `lite` preset as it is.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from changescope.data.synth import generate
+
+TINY_YAML = """\
+preset: lite
+epochs: 1
+batch_size: 16
+min_freq: 1
+image_size: 64
+pretrained: false
+seed: 3
+overrides:
+  encoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4}
+  decoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4, ffn_dim: 64, max_len: 24}
+"""
+
+
+def cli(*args, check=True, **kwargs):
+    proc = subprocess.run(
+        [sys.executable, "-m", "changescope", *map(str, args)], capture_output=True, text=True, **kwargs
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "s64"
+    generate(root, pairs=64, size=64, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return path
+
+
+def test_train_one_epoch_then_evaluate_and_describe(tmp_path, synth, config):
+    out = tmp_path / "run"
+    cli("train", "--config", config, "--data", synth, "--out", out)
+    model = out / "model"
+    assert sorted(p.name for p in model.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "training.json",
+        "vocab.json",
+    ]
+    assert json.loads((model / "config.json").read_text())["image_size"] == 64
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0] and "val/CIDEr-D" in rows[0]
+
+    result = json.loads(
+        cli("evaluate", out, "--data", synth, "--split", "test", "--json", "--no-meteor").stdout
+    )
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D", "S*m", "no_change_accuracy"):
+        assert key in result
+    assert result["decoding"]["beam_size"] == 1 and result["seed"] == 3 and len(result["vocab_sha256"]) == 64
+
+    a, b = synth / "images/test/A/test_000000.png", synth / "images/test/B/test_000000.png"
+    one = json.loads(cli("describe", model, a, b, "--json", "--beam", "3").stdout)
+    assert one["id"] == "test_000000" and isinstance(one["caption"], str)
+    assert "<" not in one["caption"]  # never a special token
+
+    jsonl = tmp_path / "captions.jsonl"
+    cli("describe", model, synth / "images" / "test", "--out", jsonl)
+    captions = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(captions) == len(list((synth / "images/test/A").iterdir()))
+
+    # a run directory is never trained over by accident
+    again = cli("train", "--config", config, "--data", synth, "--out", out, check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_killed_run_resumes_and_loses_at_most_the_current_epoch(tmp_path, synth, config):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "changescope",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(synth),
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--patience",
+        "10",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert last.exists(), "no checkpoint was written"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run, as a power cut would
+    proc.wait()
+    before = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "model" / "config.json").is_file()  # the best model so far survived the kill
+
+    summary = json.loads(cli("train", "--out", out, "--resume").stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    # epochs that finished before the kill are kept, not re-run (the last one may be, if the kill fell
+    # between its metrics and its checkpoint)
+    assert rows[: len(before) - 1] == before[:-1]
+    assert summary["epochs_run"] == 4
+
+    bad = cli("train", "--out", tmp_path / "elsewhere", "--resume", check=False)
+    assert bad.returncode == 1 and "run.json not found" in bad.stderr
+
+
+def test_bad_training_input_is_one_line(tmp_path, synth):
+    broken = tmp_path / "bad.yaml"
+    broken.write_text("epochs: [1\n")
+    proc = cli("train", "--config", broken, "--data", synth, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "bad.yaml: invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("epoks: 3\n")
+    proc = cli("train", "--config", unknown, "--data", synth, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "unknown training options ['epoks']" in proc.stderr
+    proc = cli("train", "--preset", "nope", "--data", synth, "--out", tmp_path / "o2", check=False)
+    assert proc.returncode == 1 and "unknown preset 'nope'" in proc.stderr
+    assert not (tmp_path / "o2" / "model").exists()
