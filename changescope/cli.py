@@ -61,8 +61,8 @@ def synth(
             split_fractions=fractions,
             progress=lambda n: progress.update(task, completed=n),
         )
-    counts = summary.get("counts", {})
-    typer.echo(f"wrote {pairs} pairs to {out} ({json.dumps(counts.get('splits', counts))})")
+    splits = ", ".join(f"{name} {c['pairs']}" for name, c in summary["counts"].items() if "pairs" in c)
+    typer.echo(f"wrote {pairs} pairs to {out} ({splits})")
 
 
 @data_app.command("check")
@@ -267,14 +267,17 @@ def describe(
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
-    """``[MODEL] inputs``: the first path is MODEL when it is 'default' or holds a saved model."""
+    """``[MODEL] inputs``: with three paths the first is MODEL; with two, it is MODEL only when it is
+    'default' or holds a saved model (then the second is a folder of pairs)."""
+    if len(paths) == 3:
+        return paths[0], paths[1:]
     first = Path(paths[0])
     is_model = (
         paths[0] == "default"
         or (first / "config.json").is_file()
         or (first / "model" / "config.json").is_file()
     )
-    if is_model and len(paths) > 1:
+    if is_model and len(paths) == 2:
         return paths[0], paths[1:]
     return "default", paths
 
@@ -336,14 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return exc.exit_code
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as err:
+        # usage errors come from the click that typer bundles: show them as click does
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            return 1
         raise
     return code if isinstance(code, int) else 0
 

@@ -351,6 +351,12 @@ def _plan(layout: _Layout, kinds: list[str]) -> tuple[list[Event], list[Painted]
         shared.append(layout.tree_group(inside=False))
     if rng.random() < 0.25:
         shared.append(layout.pond(inside=False))
+    # an object clipped away to nothing would be captioned but absent from the mask: drop it
+    for key, event in list(events.items()):
+        event.added = [o for o in event.added if o.mask.any()]
+        event.removed = [o for o in event.removed if o.mask.any()]
+        if not event.objects:
+            del events[key]
     for event in events.values():
         event.scars = [obj.scar(layout.ctx, rng, gone) for gone in event.removed]
     ordered = [events[k] for k in CHANGE_TYPES if k in events]
