@@ -1,0 +1,26 @@
+"""`make demo` runs `changescope.demo.run`: the shipped model on SynthChange pairs it never saw."""
+
+import pytest
+
+from changescope.demo import run
+from changescope.tasks.inference import DEFAULT_MODEL
+
+
+def test_demo_writes_report_with_every_caption(tmp_path):
+    result = run(tmp_path / "demo", pairs=6, seed=11)
+    assert result["check_ok"]
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert html.count("class='pair'") == 6
+    assert "SynthChange only" in html
+    assert result["scores"]["n"] == 6 and result["scores"]["BLEU-4"] is not None
+
+
+def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
+    from changescope.models.hub import from_pretrained
+
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        pytest.skip("no shipped model in this checkout")
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
+    assert size <= 25 * 2**20
+    model, processor = from_pretrained(DEFAULT_MODEL)
+    assert model.config.preset == "lite" and len(processor.vocab) == model.config.vocab_size
