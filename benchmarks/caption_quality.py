@@ -20,7 +20,7 @@ COLUMNS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S*m", "no_change
 
 
 def row(name: str, result: dict) -> str:
-    cells = "".join(f"{'n/a' if result.get(c) is None else f'{100 * result[c]:.2f}':>10}" for c in COLUMNS)
+    cells = "".join(f"{'n/a' if result.get(c) is None else f'{100 * result[c]:.2f}':>14}" for c in COLUMNS)
     return f"| {name:<44}|{cells}"
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--format", default=None)
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", default="default", help="a MODEL, or 'none' for the baselines only")
     parser.add_argument("--beam", type=int, default=1)
     args = parser.parse_args()
 
@@ -44,16 +44,17 @@ def main() -> None:
             nearest_pair_captions(train, test), test, args.data
         ),
     }
-    model = evaluate(args.model, args.data, args.split, args.format, Decoding(beam_size=args.beam))
-    rows[f"model {args.model} ({model['preset']}, beam {args.beam})"] = model
+    model = None
+    if args.model != "none":
+        model = evaluate(args.model, args.data, args.split, args.format, Decoding(beam_size=args.beam))
+        rows[f"model {args.model} ({model['preset']}, beam {args.beam})"] = model
     print(f"{args.data}, split '{args.split}', {len(test)} pairs; percent (CIDEr-D x100)")
-    print(f"| {'':<44}|" + "".join(f"{c.replace('_accuracy', ' acc'):>10}" for c in COLUMNS))
+    print(f"| {'':<44}|" + "".join(f"{c.replace('_accuracy', ' acc'):>14}" for c in COLUMNS))
     for name, result in rows.items():
         print(row(name, result))
-    print(
-        f"most common caption: '{common}'; model vocabulary sha256 {model['vocab_sha256'][:12]}, "
-        f"training seed {model['seed']}"
-    )
+    print(f"most common caption: '{common}'")
+    if model is not None:
+        print(f"model vocabulary sha256 {model['vocab_sha256'][:12]}, training seed {model['seed']}")
 
 
 if __name__ == "__main__":
