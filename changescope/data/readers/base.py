@@ -78,6 +78,18 @@ def karpathy_images(path: Path) -> list[dict[str, Any]]:
     return data["images"]
 
 
+def checked_root_and_split(
+    root: str | Path, split: str, name: str, splits: tuple[str, ...]
+) -> tuple[Path, str]:
+    """The dataset directory and split a reader was asked for, or a one-line error naming the directory."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset directory not found")
+    if split not in splits:
+        raise DataError(root, f"unknown split '{split}' for {name} (known: {', '.join(splits)})")
+    return root, split
+
+
 def parse_changeflag(path: Path, image: dict[str, Any]) -> bool | None:
     """The optional Karpathy-record ``changeflag`` (0 / 1) as a bool; None when absent."""
     if "changeflag" not in image:
@@ -107,14 +119,7 @@ class CaptionPairDataset(torch.utils.data.Dataset):
     no_change_sentences: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path, split: str = "train", check_files: bool = True):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(self.root, "dataset directory not found")
-        if split not in self.splits:
-            raise DataError(
-                self.root, f"unknown split '{split}' for {self.name} (known: {', '.join(self.splits)})"
-            )
-        self.split = split
+        self.root, self.split = checked_root_and_split(root, split, self.name, self.splits)
         self.entries: list[PairEntry] = [e for e in self._entries() if e.split == split]
         if check_files:
             for entry in self.entries:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from changescope.data.imageio import read_rgb, to_tensor_pair
-from changescope.data.readers.base import read_json
+from changescope.data.readers.base import checked_root_and_split, read_json
 from changescope.data.records import Record
 from changescope.errors import DataError
 
@@ -101,14 +101,7 @@ class CDVQA(torch.utils.data.Dataset):
     )
 
     def __init__(self, root: str | Path, split: str = "train", check_files: bool = True):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(self.root, "dataset directory not found")
-        if split not in self.splits:
-            raise DataError(
-                self.root, f"unknown split '{split}' for {self.name} (known: {', '.join(self.splits)})"
-            )
-        self.split = split
+        self.root, self.split = checked_root_and_split(root, split, self.name, self.splits)
         self.items: list[VQAItem] = self._items()
         if check_files:
             for path in sorted({path for item in self.items for path in item.images}):
