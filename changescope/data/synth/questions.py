@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from changescope.data.readers.cdvqa import CDVQA
 from changescope.data.synth.classes import (
     BUILDING,
     CHANGE_TYPES,
@@ -30,17 +31,8 @@ from changescope.data.synth.sampling import pick
 from changescope.data.synth.scene import MAX_GROUP, SynthPair
 
 RATIO_BINS = ("0",) + tuple(f"{10 * k}_to_{10 * k + 10}" for k in range(10))
-QUESTION_TYPES = (
-    "change_or_not",
-    "increase_or_not",
-    "decrease_or_not",
-    "change_to_what",
-    "smallest_change",
-    "largest_change",
-    "change_ratio",
-    "change_ratio_types",
-    "count",
-)
+#: CDVQA's eight types, plus "count" for counting heads
+QUESTION_TYPES = (*CDVQA.QTYPES, "count")
 ANSWERS: dict[str, tuple[str, ...]] = {
     "change_or_not": ("yes", "no"),
     "increase_or_not": ("yes", "no"),
