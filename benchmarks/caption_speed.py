@@ -20,15 +20,15 @@ import time
 
 import torch
 
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.presets import PRESETS, build_config
 
 VOCAB = 504
 
 
-def build(preset: str, **overrides) -> ChangeCaptioner:
+def build(preset: str, **overrides) -> ChangeModel:
     torch.manual_seed(0)
-    model = ChangeCaptioner(build_config(preset, VOCAB, backbone_pretrained=False, **overrides)).eval()
+    model = ChangeModel(build_config(preset, VOCAB, backbone_pretrained=False, **overrides)).eval()
 
     def no_end(module, inputs, logits):  # fixed-length captions; not something a real model does
         logits[..., model.decoder.end_id] = float("-inf")
@@ -49,7 +49,7 @@ def timed_generate(model, images, batch, length, **decoding) -> float:
 
 def train_steps_per_s(preset: str, batch: int, steps: int = 2) -> float:
     torch.manual_seed(0)
-    model = ChangeCaptioner(build_config(preset, VOCAB, backbone_pretrained=False)).train()
+    model = ChangeModel(build_config(preset, VOCAB, backbone_pretrained=False)).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
     images = torch.rand(batch, 2, 3, 256, 256)
     tokens = torch.randint(4, VOCAB, (batch, 16))
@@ -57,7 +57,7 @@ def train_steps_per_s(preset: str, batch: int, steps: int = 2) -> float:
     times = []
     for _ in range(steps + 1):  # the first step pays one-time allocation costs
         start = time.perf_counter()
-        model.decoder.loss(model.encode(images), tokens).backward()
+        model.decoder.loss(model(images, masks=False).memory, tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
@@ -93,11 +93,9 @@ def research_comparison(pairs, length):
     with torch.inference_mode():
         start = time.perf_counter()
         for i in range(pairs):
-            model.encode(images[i : i + 1])
+            model(images[i : i + 1], masks=False)
         encode_one = time.perf_counter() - start
-    print(
-        f"\nchg2cap, paper sizes (ResNet-101, 2048-wide decoder), {pairs} pairs, {length}-word captions"
-    )
+    print(f"\nchg2cap, paper sizes (ResNet-101, 2048-wide decoder), {pairs} pairs, {length}-word captions")
     print(
         f"  research pattern (batch 1, uncached, greedy): {pairs / research:8.2f} pairs/s "
         f"({100 * (research - encode_one) / research:.0f} % of its time in decoding)"

@@ -142,13 +142,17 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     patience: int | None = typer.Option(None, "--patience", help="Early stop after N epochs without gain."),
     monitor: str | None = typer.Option(None, "--monitor", help="Validation metric for the best model."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="caption, mask or caption,mask (default: what the preset and the data allow)."
+    ),
+    mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss."),
     num_workers: int | None = typer.Option(None, "--num-workers"),
     limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
-    """Train a change captioner; the best model by the validation metric lands in OUT/model."""
-    from changescope.tasks.captioning import TrainOptions
-    from changescope.tasks.captioning import train as run_training
+    """Train a change model (captions and / or change masks); the best model lands in OUT/model."""
+    from changescope.tasks.training import TrainOptions
+    from changescope.tasks.training import train as run_training
 
     values: dict = {}
     if config is not None:
@@ -167,6 +171,8 @@ def train(
         "seed": seed,
         "patience": patience,
         "monitor": monitor,
+        "tasks": tasks,
+        "mask_weight": mask_weight,
         "num_workers": num_workers,
         "limit_pairs": limit_pairs,
     }
@@ -197,9 +203,13 @@ def evaluate(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
 ) -> None:
-    """Caption a dataset split with MODEL and print the paper-style table."""
+    """Caption and segment a dataset split with MODEL and print the paper-style tables.
+
+    Captions are scored as `changescope score` does; a model with a mask head on data with masks also
+    gets per-class IoU / F1 / precision / recall and mIoU with and without background.
+    """
     from changescope.fileio import write_json_atomic
-    from changescope.metrics.table import caption_table
+    from changescope.metrics.table import caption_table, detection_table
     from changescope.tasks.inference import Decoding
     from changescope.tasks.inference import evaluate as run_evaluation
 
@@ -211,10 +221,15 @@ def evaluate(
     if as_json:
         _echo_json(result)
     else:
-        typer.echo(caption_table(result))
+        if "caption" in result["tasks"]:
+            typer.echo(caption_table(result))
+        if "detection" in result:
+            typer.echo(f"\nchange detection, split '{result['split']}', {result['n']} pairs:")
+            typer.echo(detection_table(result["detection"]))
+        vocab = (result["vocab_sha256"] or "none")[:12]
         typer.echo(
             f"model {result['model']} ({result['preset']}), decoding {json.dumps(result['decoding'])}, "
-            f"vocabulary sha256 {result['vocab_sha256'][:12]}, training seed {result['seed']}"
+            f"vocabulary sha256 {vocab}, training seed {result['seed']}"
         )
 
 
@@ -266,6 +281,53 @@ def describe(
             typer.echo(row["caption"] if len(rows) == 1 else f"{row['id']}\t{row['caption']}")
 
 
+@app.command()
+def detect(
+    paths: list[str] = typer.Argument(..., help="[MODEL] BEFORE AFTER (MODEL defaults to 'default')."),
+    out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, result.json here."),
+    min_area: int = typer.Option(10, "--min-area", help="Drop changed objects under N pixels."),
+    beam: int = typer.Option(1, "--beam", help="Beam size of the caption (1 = greedy)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result JSON."),
+) -> None:
+    """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
+
+    mask.png holds class ids at the input's size; objects are 8-connected components of one class with at
+    least --min-area pixels (smaller ones are removed from the mask). Boxes are xyxy in [0, 1].
+    """
+    from changescope.tasks.detection import detect_pair, write_detection
+    from changescope.tasks.inference import Decoding, check_pair_files, load
+
+    _check_decoding(beam, 1)
+    if min_area < 0:
+        raise typer.BadParameter("--min-area must be >= 0")
+    model_spec, inputs = _split_model_arg(paths)
+    if len(inputs) != 2:
+        raise typer.BadParameter("give BEFORE AFTER, optionally after MODEL")
+    if out is None and not as_json:
+        raise typer.BadParameter("give --out DIR, --json, or both")
+    before, after = Path(inputs[0]), Path(inputs[1])
+    check_pair_files([(after.stem, before, after)])
+    model, processor, model_path = load(model_spec)
+    detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam))
+    detection.result["model"] = str(model_path)
+    if out is not None:
+        from changescope.data.imageio import read_rgb
+
+        write_detection(detection, list(model.config.classes), read_rgb(after), out)
+    if as_json:
+        _echo_json(detection.result)
+    else:
+        counts = ", ".join(
+            f"{name}: {c['objects']} objects, {c['percent']:.2f} %"
+            for name, c in detection.result["classes"].items()
+            if c["pixels"]
+        )
+        if detection.result["caption"] is not None:
+            typer.echo(detection.result["caption"])
+        typer.echo(counts or "no changed pixels")
+        typer.echo(f"wrote {out}/mask.png, overlay.png, result.json")
+
+
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
     """``[MODEL] inputs``: with three paths the first is MODEL; with two, it is MODEL only when it is
     'default' or holds a saved model (then the second is a folder of pairs)."""
@@ -292,14 +354,14 @@ def _check_decoding(beam: int, batch_size: int) -> None:
 @app.command()
 def models() -> None:
     """List the presets with their parameter counts (built without weights)."""
-    from changescope.models.captioner import ChangeCaptioner
+    from changescope.models.change_model import ChangeModel
     from changescope.models.presets import PRESETS, build_config
     from changescope.models.utils import count_parameters
 
     typer.echo(f"{'preset':<13}{'parameters':>12}  backbone / encoder  (vocabulary of 500 words)")
     for name in PRESETS:
         config = build_config(name, 504, backbone_pretrained=False)
-        total = count_parameters(ChangeCaptioner(config))
+        total = count_parameters(ChangeModel(config))
         typer.echo(f"{name:<13}{total / 1e6:>10.1f} M  {config.backbone} / {config.encoder}")
         typer.echo(f"{'':<13}{config.reference}")
 

@@ -1,8 +1,9 @@
 """``make demo``: the main job on the built-in default, end to end.
 
 Generates a few SynthChange test pairs the shipped model never saw (another seed than its training set),
-checks them, captions them with the shipped default model, scores the captions under the paper protocol,
-and writes ``demo/report.html`` (before, after, predicted caption, references, side by side).
+checks them, captions them and predicts their change masks with the shipped default model, scores both
+(captions under the paper protocol, masks per class), and writes ``demo/report.html`` (before, after, the
+predicted change mask over the after image, caption, counts, references, side by side).
 
 When the installation carries no shipped model, the captions come from the nearest-training-pair baseline
 instead (on a small SynthChange training set made for the purpose), and the demo says so.
@@ -25,9 +26,9 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     from changescope.data.readers import open_dataset
     from changescope.data.synth import generate
     from changescope.metrics.score import score_dataset
-    from changescope.metrics.table import caption_table
+    from changescope.metrics.table import caption_table, detection_table
     from changescope.report import caption_report
-    from changescope.tasks.inference import DEFAULT_MODEL, Decoding, caption_split, load
+    from changescope.tasks.inference import DEFAULT_MODEL, load
 
     out = Path(out)
     data = out / f"synthchange-{pairs}-seed{seed}"
@@ -47,10 +48,12 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
         return {"check_ok": False}
 
     test = open_dataset(data, "test", format="synthchange")
+    visuals: dict[str, dict] = {}
+    detection = None
     if (DEFAULT_MODEL / "config.json").is_file():
         model, processor, path = load("default")
         with torch.inference_mode():
-            predictions = caption_split(model, processor, test, Decoding(beam_size=3))
+            predictions, visuals, detection = _model_outputs(model, processor, test)
         source = f"the shipped model ({path}, beam 3)"
         note = (
             "The shipped default model was trained on SynthChange only (procedural imagery); these pairs "
@@ -66,7 +69,8 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     print(f"[3/4] captions from {source}:")
     rows = []
     for entry in test.entries:
-        print(f"  {entry.id}: {predictions[entry.id]}")
+        counts = visuals.get(entry.id, {}).get("counts")
+        print(f"  {entry.id}: {predictions[entry.id]}" + (f"  [{counts}]" if counts else ""))
         rows.append(
             {
                 "id": entry.id,
@@ -75,13 +79,56 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
                 "caption": predictions[entry.id],
                 "references": entry.captions,
                 "changed": test.changed(entry),
+                **visuals.get(entry.id, {}),
             }
         )
     scores = score_dataset(predictions, test, data)
     print(caption_table(scores))
+    if detection is not None:
+        print("change masks:")
+        print(detection_table(detection))
     html = caption_report(rows, out / "report.html", "changescope demo: what changed?", note=note)
     print(f"[4/4] wrote {html}  ({time.perf_counter() - start:.1f} s)")
-    return {"data": str(data), "check_ok": True, "scores": scores, "report": str(html)}
+    return {
+        "data": str(data),
+        "check_ok": True,
+        "scores": scores,
+        "detection": detection,
+        "report": str(html),
+    }
+
+
+def _model_outputs(model, processor, test) -> tuple[dict[str, str], dict[str, dict], dict | None]:
+    """Captions (beam 3), and for a model with a mask head the overlay and counts of every pair and the
+    per-class scores of the masks."""
+    import numpy as np
+
+    from changescope.metrics.segmentation import ConfusionMatrix
+    from changescope.overlay import overlay
+    from changescope.tasks.detection import MIN_AREA, remove_small_objects, summarize_mask
+    from changescope.tasks.inference import Decoding, iter_predictions
+
+    classes = list(model.config.classes)
+    confusion = ConfusionMatrix(len(classes)) if classes else None
+    predictions, visuals = {}, {}
+    for sample, caption, mask in iter_predictions(model, processor, test, Decoding(beam_size=3)):
+        predictions[sample["id"]] = caption
+        if mask is None:
+            continue
+        confusion.update(mask, sample["mask"])
+        cleaned = remove_small_objects(mask.numpy().astype(np.uint8), MIN_AREA)
+        summary = summarize_mask(cleaned, classes)
+        after = (sample["image"][-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        counts = [
+            f"{name}: {c['objects']} object{'s' * (c['objects'] != 1)}, {c['percent']:.1f} % of the image"
+            for name, c in summary["classes"].items()
+            if c["pixels"]
+        ]
+        visuals[sample["id"]] = {
+            "overlay": overlay(after, cleaned, classes),
+            "counts": "; ".join(counts) or "no changed pixels",
+        }
+    return predictions, visuals, confusion.compute(classes) if confusion else None
 
 
 def _baseline_captions(out: Path, test, seed: int) -> dict[str, str]:

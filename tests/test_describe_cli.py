@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from changescope.data.text import Vocabulary
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("m") / "model"
-    save_pretrained(ChangeCaptioner(config).eval(), ChangeProcessor(vocab, 64, 10), path)
+    save_pretrained(ChangeModel(config).eval(), ChangeProcessor(vocab, 64, 10), path)
     return path
 
 

@@ -36,3 +36,21 @@ def caption_table(result: Mapping) -> str:
             "(CIDEr-D x100); subset CIDEr-D is not reported (IDF is 0 on no-change references)"
         )
     return "\n".join(lines)
+
+
+def detection_table(result: Mapping) -> str:
+    """Render change-detection scores (``ConfusionMatrix.compute`` output): per class, then the means."""
+    columns = ("IoU", "F1", "precision", "recall")
+    names = list(result["per_class"])
+    first = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'class':<{first}}" + "".join(f"{c:>11}" for c in columns) + f"{'pixels':>13}"]
+    for name in names:
+        row = result["per_class"][name]
+        cells = "".join(f"{_pct(row[c]):>11}" for c in columns)
+        lines.append(f"{name:<{first}}{cells}{row['support']:>13}")
+    lines.append(
+        f"mIoU {_pct(result['mIoU'])}  mIoU without background {_pct(result['mIoU_no_bg'])}  "
+        f"mF1 {_pct(result['mF1'])}  mF1 without background {_pct(result['mF1_no_bg'])}  "
+        f"OA {_pct(result['OA'])} (percent)"
+    )
+    return "\n".join(lines)

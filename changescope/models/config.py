@@ -29,12 +29,17 @@ class ModelConfig:
     encoder: str = "chg2cap"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: caption vocabulary size with the 4 special tokens; 0 = no caption decoder
     vocab_size: int = 0
+    #: change-mask class names, index = class id (0 = no change); empty = no mask head
+    classes: list[str] = field(default_factory=list)
+    mask_head_kwargs: dict[str, Any] = field(default_factory=dict)
     #: the paper (or papers) this architecture follows, and where it differs
     reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["classes"] = list(self.classes)
         out["out_indices"] = None if self.out_indices is None else list(self.out_indices)
         return {"format": CONFIG_FORMAT, **out}
 
@@ -47,6 +52,8 @@ class ModelConfig:
         if unknown:
             raise DataError(source, f"unknown config keys {unknown} (written by a newer changescope?)")
         values = {k: v for k, v in obj.items() if k in known}
+        if values.get("classes") is not None:
+            values["classes"] = list(values["classes"])
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
         return cls(**values)

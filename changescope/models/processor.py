@@ -20,8 +20,19 @@ from changescope.errors import DataError
 
 
 class ChangeProcessor:
-    def __init__(self, vocab: Vocabulary, image_size: int, max_len: int):
+    """``vocab`` is None for a model without a caption decoder (a mask-only model)."""
+
+    def __init__(self, vocab: Vocabulary | None, image_size: int, max_len: int):
         self.vocab, self.image_size, self.max_len = vocab, image_size, max_len
+
+    def resize_mask(self, mask: Tensor) -> Tensor:
+        """``[..., H, W]`` class ids -> ``[..., S, S]`` by nearest neighbour (ids must not be blended)."""
+        if mask.shape[-2:] == (self.image_size, self.image_size):
+            return mask
+        lead = mask.shape[:-2]
+        flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+        out = F.interpolate(flat, size=(self.image_size,) * 2, mode="nearest-exact")
+        return out.to(mask.dtype).reshape(*lead, self.image_size, self.image_size)
 
     def resize(self, images: Tensor) -> Tensor:
         """``[..., 3, H, W]`` float -> ``[..., 3, S, S]``; a no-op at the model's size."""
@@ -36,14 +47,18 @@ class ChangeProcessor:
 
     def load_pair(self, before: str | Path, after: str | Path) -> Tensor:
         """Read two image files (band rule of ``read_rgb``) -> ``[2, 3, S, S]``."""
+        return self.resize(self.read_pair(before, after))
+
+    @staticmethod
+    def read_pair(before: str | Path, after: str | Path) -> Tensor:
+        """Two image files at their own size -> ``[2, 3, H, W]`` in [0, 1]; the sizes must agree."""
         a, b = read_rgb(before), read_rgb(after)
         if a.shape != b.shape:
             raise DataError(
                 after,
                 f"image is {b.shape[1]}x{b.shape[0]} but {Path(before).name} is {a.shape[1]}x{a.shape[0]}",
             )
-        pair = torch.from_numpy(np.stack([a, b]).transpose(0, 3, 1, 2).copy()).float().div_(255)
-        return self.resize(pair)
+        return torch.from_numpy(np.stack([a, b]).transpose(0, 3, 1, 2).copy()).float().div_(255)
 
     def encode_captions(self, captions: Sequence[str]) -> Tensor:
         """Token ids ``[N, L]`` padded with ``<pad>``, each ``<start> ... <end>`` cut to ``max_len``."""

@@ -11,16 +11,29 @@ from torch.utils.data import DataLoader, Dataset
 from changescope.data.readers.base import CaptionPairDataset
 from changescope.models.processor import ChangeProcessor
 
+#: mask value of pixels without a label (a pair whose label file is absent); losses and metrics skip it
+IGNORE_INDEX = 255
+
 
 class CaptionPairs(Dataset):
     """Reader samples resized for the model; in training, one reference caption drawn per visit.
 
     Drawing one of the five references each epoch (instead of expanding every pair five times, as
-    RSICC does) keeps an epoch at one pass over the images, which is what costs time on a CPU.
+    RSICC does) keeps an epoch at one pass over the images, which is what costs time on a CPU. With
+    ``masks`` each item also carries its change mask at the model's size (``IGNORE_INDEX`` if unlabelled).
     """
 
-    def __init__(self, dataset: CaptionPairDataset, processor: ChangeProcessor, train: bool, seed: int = 0):
+    def __init__(
+        self,
+        dataset: CaptionPairDataset,
+        processor: ChangeProcessor,
+        train: bool,
+        seed: int = 0,
+        masks: bool = False,
+        captions: bool = True,
+    ):
         self.dataset, self.processor, self.train = dataset, processor, train
+        self.masks, self.captions = masks, captions
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -34,35 +47,50 @@ class CaptionPairs(Dataset):
             "captions": sample["captions"],
             "changed": sample["changed"],
         }
-        if self.train:
+        if self.masks:
+            size = (self.processor.image_size,) * 2
+            mask = sample.get("mask")
+            item["mask"] = (
+                self.processor.resize_mask(mask).to(torch.uint8)
+                if mask is not None
+                else torch.full(size, IGNORE_INDEX, dtype=torch.uint8)
+            )
+        if self.train and self.captions:
             item["caption"] = self.rng.choice(sample["captions"])
         return item
 
 
 class CachedFeatures(Dataset):
-    """Pairs as precomputed backbone features ``[2, C, h, w]`` (fp16), for a frozen backbone.
+    """Pairs as precomputed backbone levels (each ``[2, C, h, w]``, fp16), for a frozen backbone.
 
     A frozen backbone without augmentation gives every image the same features each epoch; computing them
-    once makes a training step cost only the change encoder and the decoder (about 10x less on a CPU).
+    once makes a training step cost only the change encoder and the heads (about 5x less on a CPU).
+    Only the levels the model's heads read are kept (the last one for a caption-only model).
     """
 
-    def __init__(self, ids, features, captions, changed, train: bool, seed: int = 0):
+    def __init__(self, ids, features, captions, changed, train: bool, seed: int = 0, masks=None, draw=True):
         self.ids, self.features, self.captions, self.changed = ids, features, captions, changed
+        self.masks, self.draw = masks, draw
         self.train, self.rng = train, random.Random(seed)
 
     @classmethod
     def compute(
         cls, model, pairs: CaptionPairs, batch_size: int, train: bool, seed: int = 0
     ) -> CachedFeatures:
-        ids, chunks, captions, changed = [], [], [], []
+        ids, chunks, captions, changed, masks = [], [], [], [], []
         loader = DataLoader(pairs, batch_size=batch_size, collate_fn=_Collate(pairs.processor))
         with torch.inference_mode():
             for batch in loader:
-                chunks.append(model.backbone_features(batch["image"]).half())
+                chunks.append([level.half() for level in model.backbone_features(batch["image"])])
                 ids += batch["id"]
                 captions += batch["captions"]
                 changed += batch["changed"].tolist()
-        return cls(ids, torch.cat(chunks), captions, changed, train, seed)
+                if "mask" in batch:
+                    masks.append(batch["mask"].to(torch.uint8))
+        features = [torch.cat(level) for level in zip(*chunks, strict=True)]
+        return cls(
+            ids, features, captions, changed, train, seed, torch.cat(masks) if masks else None, pairs.captions
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,23 +98,31 @@ class CachedFeatures(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = {
             "id": self.ids[index],
-            "features": self.features[index],
+            "features": [level[index] for level in self.features],
             "captions": self.captions[index],
             "changed": self.changed[index],
         }
-        if self.train:
+        if self.masks is not None:
+            item["mask"] = self.masks[index]
+        if self.train and self.draw:
             item["caption"] = self.rng.choice(self.captions[index])
         return item
 
 
 def collate_pairs(items: list[dict[str, Any]], processor: ChangeProcessor) -> dict[str, Any]:
-    key = "features" if "features" in items[0] else "image"
     batch: dict[str, Any] = {
         "id": [i["id"] for i in items],
-        key: torch.stack([i[key] for i in items]),
         "captions": [i["captions"] for i in items],
         "changed": torch.tensor([i["changed"] for i in items]),
     }
+    if "features" in items[0]:
+        batch["features"] = [
+            torch.stack(level) for level in zip(*(i["features"] for i in items), strict=True)
+        ]
+    else:
+        batch["image"] = torch.stack([i["image"] for i in items])
+    if "mask" in items[0]:
+        batch["mask"] = torch.stack([i["mask"] for i in items]).long()
     if "caption" in items[0]:
         batch["tokens"] = processor.encode_captions([i["caption"] for i in items])
     return batch
@@ -110,10 +146,13 @@ def caption_loader(
     num_workers: int = 0,
     seed: int = 0,
     model=None,
+    masks: bool = False,
+    captions: bool = True,
 ) -> DataLoader:
-    """Batches of a split; with ``model`` whose features can be cached, of precomputed features."""
+    """Batches of a split (with change masks if ``masks``; one drawn caption per training pair if
+    ``captions``); with ``model`` whose features can be cached, of precomputed features."""
     generator = torch.Generator().manual_seed(seed)
-    pairs = CaptionPairs(dataset, processor, train=train, seed=seed)
+    pairs = CaptionPairs(dataset, processor, train=train, seed=seed, masks=masks, captions=captions)
     if model is not None and model.can_cache_features:
         pairs = CachedFeatures.compute(model, pairs, batch_size, train=train, seed=seed)
         num_workers = 0

@@ -1,4 +1,4 @@
-"""Running a saved captioner: resolve MODEL, caption a dataset split, a pair of files, or a folder of pairs.
+"""Running a saved model: resolve MODEL; caption / segment a dataset split, a pair of files, or a folder.
 
 ``MODEL`` is a directory written by ``save_pretrained``, a training run directory (its ``model/`` is used),
 or the word ``default``: the model shipped inside the package (trained on SynthChange only).
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from changescope.data.imageio import IMAGE_SUFFIXES, image_size
 from changescope.data.readers import open_dataset
 from changescope.errors import DataError
 from changescope.fileio import atomic_path
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.hub import CONFIG_NAME, from_pretrained
 from changescope.models.processor import ChangeProcessor
 
@@ -46,7 +47,7 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def load(spec: str | Path) -> tuple[ChangeCaptioner, ChangeProcessor, Path]:
+def load(spec: str | Path) -> tuple[ChangeModel, ChangeProcessor, Path]:
     path = resolve_model(spec)
     model, processor = from_pretrained(path)
     return model, processor, path
@@ -58,7 +59,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def caption_pairs(
-    model: ChangeCaptioner, processor: ChangeProcessor, images: torch.Tensor, decoding: Decoding
+    model: ChangeModel, processor: ChangeProcessor, images: torch.Tensor, decoding: Decoding
 ) -> list[str]:
     """Captions for a batch of pairs ``[B, T, 3, H, W]`` in [0, 1] (any H, W: resized here)."""
     sequences = model.generate(processor.resize(images), **decoding.kwargs())
@@ -66,13 +67,48 @@ def caption_pairs(
 
 
 def caption_split(model, processor, dataset, decoding: Decoding) -> dict[str, str]:
-    predictions: dict[str, str] = {}
+    return predict_split(model, processor, dataset, decoding, masks=False)[0]
+
+
+def iter_predictions(
+    model, processor, dataset, decoding: Decoding, masks: bool = True
+) -> Iterator[tuple[dict, str | None, torch.Tensor | None]]:
+    """``(sample, caption, mask)`` for every pair of a dataset, one backbone pass per batch: the caption
+    when the model has a decoder, the class-id mask when ``masks`` and it has a mask head. Masks come at
+    the sample's label size (its image size when unlabelled): logits are upsampled bilinearly before argmax.
+    """
+    masks = masks and model.mask_head is not None
     for indices in _batches(list(range(len(dataset))), decoding.batch_size):
         samples = [dataset[i] for i in indices]
-        images = torch.stack([processor.resize(s["image"]) for s in samples])
-        for sample, text in zip(samples, caption_pairs(model, processor, images, decoding), strict=True):
+        out = model(torch.stack([processor.resize(s["image"]) for s in samples]), masks=masks)
+        texts: list[str | None] = [None] * len(samples)
+        if model.decoder is not None:
+            texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
+        for i, sample in enumerate(samples):
+            mask = None
+            if masks:
+                size = sample["mask"].shape if "mask" in sample else sample["image"].shape[-2:]
+                up = F.interpolate(out.mask_logits[i : i + 1], size=tuple(size), mode="bilinear")
+                mask = up.argmax(1)[0]
+            yield sample, texts[i], mask
+
+
+def predict_split(
+    model, processor, dataset, decoding: Decoding, masks: bool = True
+) -> tuple[dict[str, str], Any]:
+    """Captions by pair id (if the model has a decoder) and a change-mask confusion matrix (if ``masks``
+    and the model has a mask head) over every labelled pair of a split."""
+    from changescope.metrics.segmentation import ConfusionMatrix
+
+    masks = masks and model.mask_head is not None
+    confusion = ConfusionMatrix(len(model.config.classes)) if masks else None
+    predictions: dict[str, str] = {}
+    for sample, text, mask in iter_predictions(model, processor, dataset, decoding, masks):
+        if text is not None:
             predictions[sample["id"]] = text
-    return predictions
+        if confusion is not None and "mask" in sample:
+            confusion.update(mask, sample["mask"])
+    return predictions, confusion
 
 
 def evaluate(
@@ -84,26 +120,46 @@ def evaluate(
     meteor: bool | None = None,
     predictions_out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Caption every pair of ``split``, score it as ``score`` does, and record the settings."""
+    """Caption and / or segment every pair of ``split`` and score it: caption keys as ``score`` gives them,
+    and under ``detection`` the change-mask scores (when the model has a mask head and the data masks)."""
     from changescope.metrics.score import score_dataset
 
     decoding = decoding or Decoding()
     model, processor, path = load(spec)
     dataset = open_dataset(data, split=split, format=format)
+    with_masks = model.mask_head is not None and dataset.has_masks
+    if with_masks and list(dataset.classes) != list(model.config.classes):
+        raise DataError(
+            data,
+            f"the data's mask classes {list(dataset.classes)} differ from the model's "
+            f"{list(model.config.classes)}",
+        )
+    if model.decoder is None and not with_masks:
+        raise DataError(data, "the model only predicts change masks and this dataset has none to score")
     with torch.inference_mode():
-        predictions = caption_split(model, processor, dataset, decoding)
-    if predictions_out is not None:
-        write_jsonl(predictions_out, ({"id": k, "caption": v} for k, v in predictions.items()))
-    result = score_dataset(predictions, dataset, data, meteor=meteor)
+        predictions, confusion = predict_split(model, processor, dataset, decoding, masks=with_masks)
+    result: dict[str, Any] = {}
+    if model.decoder is not None:
+        if predictions_out is not None:
+            write_jsonl(predictions_out, ({"id": k, "caption": v} for k, v in predictions.items()))
+        result.update(score_dataset(predictions, dataset, data, meteor=meteor))
+    if confusion is not None:
+        result["detection"] = {
+            **confusion.compute(model.config.classes),
+            "classes": list(model.config.classes),
+        }
     training = path / "training.json"
     result.update(
         {
             "model": str(path),
             "preset": model.config.preset,
+            "tasks": list(model.tasks),
             "decoding": {**asdict(decoding), "max_len": processor.max_len},
-            "vocab_sha256": processor.vocab.sha256,
+            "vocab_sha256": processor.vocab.sha256 if processor.vocab is not None else None,
             "seed": json.loads(training.read_text())["seed"] if training.is_file() else None,
             "data": str(data),
+            "split": split,
+            "n": len(dataset),
         }
     )
     return result

@@ -7,7 +7,7 @@ import torch
 
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.hub import from_pretrained, save_pretrained
 from changescope.models.presets import PRESETS, build_config
 from changescope.models.processor import ChangeProcessor
@@ -21,11 +21,11 @@ TINY = {
 }
 
 
-def _tiny(encoder="chg2cap"):
+def _tiny(encoder="chg2cap", classes=()):
     vocab = Vocabulary.build(["a new road is built", "two houses are built", "there is no difference"], 1)
-    config = build_config("chg2cap", len(vocab), **{**TINY, "encoder": encoder})
+    config = build_config("chg2cap", len(vocab), **{**TINY, "encoder": encoder, "classes": list(classes)})
     torch.manual_seed(0)
-    return ChangeCaptioner(config).eval(), ChangeProcessor(vocab, 64, 12)
+    return ChangeModel(config).eval(), ChangeProcessor(vocab, 64, 12)
 
 
 @pytest.mark.parametrize("encoder", ["chg2cap", "rsiccformer", "bicross", "sen"])
@@ -33,9 +33,54 @@ def test_forward_and_generate_every_encoder(encoder):
     model, processor = _tiny(encoder)
     images = torch.rand(3, 2, 3, 64, 64)
     tokens = processor.encode_captions(["a new road is built", "two houses", "there is no difference"])
-    assert model(images, tokens).shape == (*tokens.shape, model.config.vocab_size)
+    assert model(images, tokens).caption_logits.shape == (*tokens.shape, model.config.vocab_size)
     out = model.generate(images, beam_size=2)
     assert len(out) == 3 and all(len(seq) <= 11 for seq in out)
+
+
+@pytest.mark.parametrize("encoder", ["chg2cap", "rsiccformer", "bicross", "sen"])
+def test_mask_head_with_every_encoder_gives_full_resolution_logits(encoder):
+    model, _ = _tiny(encoder, classes=("background", "road", "building"))
+    assert model.tasks == ("caption", "mask")
+    out = model(torch.rand(2, 2, 3, 64, 64))
+    assert out.mask_logits.shape == (2, 3, 64, 64)
+    assert model.predict_masks(torch.rand(1, 2, 3, 64, 64)).shape == (1, 64, 64)
+    # the mask head reads the change tokens: changing the encoder's output changes the mask
+    assert model.mask_head.context is not None
+
+
+def test_mask_only_model_has_no_decoder_and_says_so():
+    config = build_config("chg2cap", 0, **{**TINY, "classes": ["background", "change"]})
+    model = ChangeModel(config).eval()
+    assert model.decoder is None and model.tasks == ("mask",)
+    with pytest.raises(ChangescopeError, match="has no caption decoder"):
+        model.generate(torch.rand(1, 2, 3, 64, 64))
+    with pytest.raises(ValueError, match="caption vocabulary, mask classes, or both"):
+        ChangeModel(build_config("chg2cap", 0, **TINY))
+
+
+def test_cached_features_give_the_same_outputs_as_images():
+    model, _ = _tiny(classes=("background", "road", "building"))
+    model.backbone.freeze()
+    images = torch.rand(2, 2, 3, 64, 64)
+    direct = model(images)
+    cached = model(features=[f.half() for f in model.backbone_features(images)])
+    torch.testing.assert_close(cached.memory, direct.memory, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(cached.mask_logits, direct.mask_logits, atol=5e-2, rtol=5e-2)
+
+
+def test_mask_loss_ignores_unlabelled_pixels_and_handles_an_all_ignored_batch():
+    from changescope.models.heads.mask_head import mask_loss
+
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    ignored = target.clone()
+    ignored[1] = 255
+    # pixels of the ignored pair do not move the loss: equal to the loss of pair 0 alone
+    torch.testing.assert_close(mask_loss(logits, ignored), mask_loss(logits[:1], target[:1]))
+    empty = mask_loss(logits, torch.full_like(target, 255))
+    assert empty.item() == 0.0
+    empty.backward()
 
 
 def test_presets_build_and_unknown_name_is_one_line():

@@ -1,4 +1,4 @@
-"""Training a change captioner with Lightning.
+"""Training a change model (captions, change masks, or both) with Lightning.
 
 The run directory ``OUT`` holds::
 
@@ -8,9 +8,15 @@ The run directory ``OUT`` holds::
     OUT/checkpoints/last.ckpt  the full training state at the end of the last finished epoch (for --resume)
     OUT/metrics.jsonl          one line per epoch: training loss and validation metrics (kept across --resume)
 
+Tasks: ``caption``, ``mask`` or both. By default a preset with a mask head trains both on data with masks,
+and captions alone otherwise. The loss is ``caption cross-entropy + mask_weight * (mask cross-entropy +
+dice_weight * soft Dice)``.
+
 Model selection: the validation split is captioned greedily after every epoch and scored by pycocoevalcap
-(without METEOR, to keep the JVM out of the loop); the best epoch by ``monitor`` (CIDEr-D by default) is
-exported, and training stops early after ``patience`` epochs without improvement.
+(without METEOR, to keep the JVM out of the loop), and its masks are scored by a confusion matrix; the best
+epoch by ``monitor`` is exported, and training stops early after ``patience`` epochs without improvement.
+The default monitor is CIDEr-D for captions, mIoU without background for masks, and their sum
+(``CIDEr-D+mIoU_no_bg``, CIDEr-D as a fraction) for both.
 """
 
 from __future__ import annotations
@@ -28,16 +34,35 @@ from changescope.data.readers import open_dataset
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
 from changescope.fileio import write_json_atomic, write_text_atomic
-from changescope.models.captioner import ChangeCaptioner
+from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
+from changescope.models.heads.mask_head import mask_loss
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
-from changescope.tasks.data import caption_loader
+from changescope.tasks.data import IGNORE_INDEX, caption_loader
 
 pl = require("lightning.pytorch", "train", "training")
 
-MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L", "S*m")
+CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
+MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg")
+MONITORS = (*CAPTION_MONITORS, *MASK_MONITORS, "CIDEr-D+mIoU_no_bg")
+TASKS = ("caption", "mask")
+
+
+def parse_tasks(value: str | None) -> tuple[str, ...] | None:
+    """``"caption,mask"`` -> ``("caption", "mask")``; None stays None (the default for preset and data)."""
+    if value is None:
+        return None
+    tasks = tuple(t.strip() for t in value.replace("+", ",").split(",") if t.strip())
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ChangescopeError(f"--tasks takes caption, mask or caption,mask; got {value!r}")
+    return tuple(t for t in TASKS if t in tasks)
+
+
+def default_monitor(tasks: tuple[str, ...]) -> str:
+    return {("caption",): "CIDEr-D", ("mask",): "mIoU_no_bg"}.get(tasks, "CIDEr-D+mIoU_no_bg")
 
 
 @dataclass
@@ -56,7 +81,12 @@ class TrainOptions:
     pretrained: bool | None = None
     seed: int = 0
     patience: int = 5
-    monitor: str = "CIDEr-D"
+    #: None: CIDEr-D for captions, mIoU_no_bg for masks, their sum for both
+    monitor: str | None = None
+    #: "caption", "mask" or "caption,mask"; None: both when the preset has a mask head and the data masks
+    tasks: str | None = None
+    mask_weight: float = 1.0
+    dice_weight: float = 1.0
     num_workers: int = 0
     limit_pairs: int | None = None
     #: precompute frozen backbone features once (ignored when the backbone trains)
@@ -76,41 +106,65 @@ class TrainOptions:
     def validate(self) -> None:
         if not self.data or not self.out:
             raise ChangescopeError("training needs --data and --out")
-        if self.monitor not in MONITORS:
+        parse_tasks(self.tasks)
+        if self.monitor is not None and self.monitor not in MONITORS:
             raise ChangescopeError(f"--monitor must be one of {', '.join(MONITORS)}")
         for name in ("epochs", "batch_size", "min_freq"):
             if getattr(self, name) < 1:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
 
 
-class CaptioningTask(pl.LightningModule):
+class ChangeTask(pl.LightningModule):
     def __init__(
-        self, config: ModelConfig, vocab: Vocabulary, options: TrainOptions, no_change: tuple[str, ...]
+        self,
+        config: ModelConfig,
+        vocab: Vocabulary | None,
+        options: TrainOptions,
+        no_change: tuple[str, ...],
     ):
         super().__init__()
-        self.model = ChangeCaptioner(config)
+        self.model = ChangeModel(config)
         max_len = int(config.decoder_kwargs.get("max_len", 42))
         self.processor = ChangeProcessor(vocab, config.image_size, max_len)
         self.options, self.no_change = options, no_change
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
         self._changed: dict[str, bool] = {}
+        self._confusion = None
         self._train_losses: list[torch.Tensor] = []
 
-    def _memory(self, batch):
+    def _forward(self, batch):
         if "features" in batch:
-            return self.model.encode_features(batch["features"])
-        return self.model.encode(batch["image"])
+            return self.model(features=batch["features"])
+        return self.model(batch["image"])
 
     def training_step(self, batch, batch_idx):
-        memory = self._memory(batch)
-        loss = self.model.decoder.loss(memory, batch["tokens"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
+        out = self._forward(batch)
+        size = len(batch["id"])
+        loss = torch.zeros((), device=out.memory.device)
+        if self.model.decoder is not None:
+            caption_loss = self.model.decoder.loss(out.memory, batch["tokens"])
+            self.log("train/caption_loss", caption_loss, batch_size=size)
+            loss = loss + caption_loss
+        if out.mask_logits is not None:
+            masks = mask_loss(out.mask_logits, batch["mask"], IGNORE_INDEX, self.options.dice_weight)
+            self.log("train/mask_loss", masks, batch_size=size)
+            loss = loss + self.options.mask_weight * masks
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self._train_losses.append(loss.detach())
         return loss
 
     def validation_step(self, batch, batch_idx):
-        sequences = self.model.decoder.generate(self._memory(batch), beam_size=1)
+        from changescope.metrics.segmentation import ConfusionMatrix
+
+        out = self._forward(batch)
+        if out.mask_logits is not None:
+            if self._confusion is None:
+                self._confusion = ConfusionMatrix(len(self.model.config.classes), ignore_index=IGNORE_INDEX)
+            self._confusion.update(out.mask_logits.argmax(1), batch["mask"])
+        if self.model.decoder is None:
+            return
+        sequences = self.model.decoder.generate(out.memory, beam_size=1)
         for pair_id, text, refs, changed in zip(
             batch["id"],
             self.processor.decode(sequences),
@@ -125,23 +179,33 @@ class CaptioningTask(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self):
-        from changescope.metrics.captions import evaluate_captions
-
         if self._train_losses:
             self.log("train/loss_epoch", torch.stack(self._train_losses).mean())
             self._train_losses = []
-        if not self._predictions:
-            return
+        values: dict[str, float] = {}
+        if self._predictions:
+            values.update(self._caption_scores())
+        if self._confusion is not None:
+            scores = self._confusion.compute(self.model.config.classes)
+            values.update({k: float(scores[k]) for k in MASK_MONITORS if scores[k] is not None})
+            self._confusion = None
+        if "CIDEr-D" in values and "mIoU_no_bg" in values:
+            values["CIDEr-D+mIoU_no_bg"] = values["CIDEr-D"] + values["mIoU_no_bg"]
+        for key, value in values.items():
+            self.log(f"val/{key}", value, prog_bar=key in ("BLEU-4", "CIDEr-D", "mIoU_no_bg"))
+
+    def _caption_scores(self) -> dict[str, float]:
+        from changescope.metrics.captions import evaluate_captions
+
         result = evaluate_captions(
             self._predictions, self._references, self._changed, self.no_change, meteor=False
         )
-        scores = result["all"]
-        for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-            self.log(f"val/{key}", float(scores[key]), prog_bar=key in ("BLEU-4", "CIDEr-D"))
-        # S*m without METEOR is not the papers' S*m; it is only logged when METEOR ran
+        # S*m without METEOR is not the papers' S*m; it is not logged during training
+        values = {key: float(result["all"][key]) for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D")}
         if result.get("no_change_accuracy") is not None:
-            self.log("val/no_change_accuracy", float(result["no_change_accuracy"]))
+            values["no_change_accuracy"] = float(result["no_change_accuracy"])
         self._predictions, self._references, self._changed = {}, {}, {}
+        return values
 
     def configure_optimizers(self):
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
@@ -175,7 +239,7 @@ class ExportBest(pl.Callback):
         self.best: float = -math.inf
         self.best_epoch: int | None = None
 
-    def on_validation_end(self, trainer, task: CaptioningTask):
+    def on_validation_end(self, trainer, task: ChangeTask):
         # runs after the task's on_validation_epoch_end has logged the metrics, before the checkpoint
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
@@ -234,21 +298,43 @@ class MetricsLog(pl.Callback):
         self.rows = list(state["rows"])
 
 
-def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabulary]:
-    """A new run: vocabulary from the train split, model config from the preset; both recorded in run.json."""
+def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabulary | None]:
+    """A new run: tasks, vocabulary (train split) and model config; all recorded in run.json."""
     train_ds = open_dataset(options.data, "train", options.format, check_files=False)
     captions = [c for e in train_ds.entries for c in e.captions]
-    if not captions:
-        raise DataError(options.data, "the train split has no captions")
-    vocab = Vocabulary.build(captions, min_freq=options.min_freq)
+    preset_has_masks = bool(build_config(options.preset, 0).mask_head_kwargs)
+    tasks = parse_tasks(options.tasks) or (
+        ("caption", "mask") if preset_has_masks and train_ds.has_masks and captions else None
+    )
+    tasks = tasks or (("caption",) if captions else ("mask",))
+    if "mask" in tasks and not train_ds.has_masks:
+        raise DataError(
+            options.data,
+            f"this {type(train_ds).__name__} dataset has no change masks; train with --tasks caption",
+        )
+    if "caption" in tasks and not captions:
+        raise DataError(options.data, "the train split has no captions; train with --tasks mask")
+    vocab = Vocabulary.build(captions, min_freq=options.min_freq) if "caption" in tasks else None
     overrides = dict(options.overrides)
     if options.image_size is not None:
         overrides["image_size"] = options.image_size
     if options.pretrained is not None:
         overrides["backbone_pretrained"] = options.pretrained
-    config = build_config(options.preset, len(vocab), **overrides)
+    overrides["classes"] = list(train_ds.classes) if "mask" in tasks else []
+    config = build_config(options.preset, len(vocab) if vocab else 0, **overrides)
+    options.tasks = ",".join(tasks)
+    options.monitor = options.monitor or default_monitor(tasks)
+    needs = {"CIDEr-D+mIoU_no_bg": {"caption", "mask"}, **{m: {"caption"} for m in CAPTION_MONITORS}}
+    missing = needs.get(options.monitor, {"mask"}) - set(tasks)
+    if missing:
+        raise ChangescopeError(f"--monitor {options.monitor} needs the {' and '.join(missing)} task")
     write_json_atomic(
-        out / "run.json", {"options": asdict(options), "config": config.to_dict(), "vocab": vocab.to_dict()}
+        out / "run.json",
+        {
+            "options": asdict(options),
+            "config": config.to_dict(),
+            "vocab": vocab.to_dict() if vocab else None,
+        },
     )
     return config, vocab
 
@@ -258,12 +344,12 @@ def _load_run(out: Path) -> tuple[TrainOptions, ModelConfig, Vocabulary]:
     if not path.is_file():
         raise DataError(path, "no training run to resume here (run.json not found)")
     run = json.loads(path.read_text(encoding="utf-8"))
-    vocab = Vocabulary(run["vocab"]["words"], min_freq=run["vocab"]["min_freq"])
+    vocab = Vocabulary(run["vocab"]["words"], min_freq=run["vocab"]["min_freq"]) if run["vocab"] else None
     return TrainOptions.from_mapping(run["options"], path), ModelConfig.from_dict(run["config"], path), vocab
 
 
 def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) a captioner; return a summary with the best validation metric and model path."""
+    """Train (or resume) a change model; return a summary with the best validation metric and model path."""
     out = Path(options.out)
     last = out / "checkpoints" / "last.ckpt"
     if resume:
@@ -276,6 +362,7 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         options = TrainOptions(**{**asdict(saved), "epochs": options.epochs or saved.epochs})
     else:
         options.validate()
+        options = TrainOptions(**asdict(options))  # _prepare_run fills in tasks and monitor
         if (out / "run.json").exists():
             raise DataError(
                 out, "already holds a training run: pass --resume to continue it, or another --out"
@@ -285,7 +372,8 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
 
     pl.seed_everything(options.seed, workers=True, verbose=False)
     dataset_cls = type(open_dataset(options.data, "val", options.format, check_files=False))
-    task = CaptioningTask(config, vocab, options, tuple(dataset_cls.no_change_sentences))
+    task = ChangeTask(config, vocab, options, tuple(dataset_cls.no_change_sentences))
+    tasks = task.model.tasks
 
     def loader(split: str, train_mode: bool):
         dataset = open_dataset(options.data, split, options.format)
@@ -293,7 +381,15 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
             dataset.entries = dataset.entries[: options.limit_pairs]
         model = task.model if options.cache_features else None
         return caption_loader(
-            dataset, task.processor, options.batch_size, train_mode, options.num_workers, options.seed, model
+            dataset,
+            task.processor,
+            options.batch_size,
+            train_mode,
+            options.num_workers,
+            options.seed,
+            model,
+            masks="mask" in tasks,
+            captions="caption" in tasks,
         )
 
     monitor = f"val/{options.monitor}"
@@ -324,4 +420,5 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         "best_epoch": export.best_epoch,
         monitor: export.best,
         "epochs_run": trainer.current_epoch,
+        "tasks": list(tasks),
     }
