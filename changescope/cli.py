@@ -358,11 +358,17 @@ def models() -> None:
     from changescope.models.presets import PRESETS, build_config
     from changescope.models.utils import count_parameters
 
-    typer.echo(f"{'preset':<13}{'parameters':>12}  backbone / encoder  (vocabulary of 500 words)")
+    typer.echo(
+        f"{'preset':<13}{'parameters':>12}  backbone / encoder / heads  (500 words; LEVIR-MCI's 3 classes)"
+    )
     for name in PRESETS:
         config = build_config(name, 504, backbone_pretrained=False)
-        total = count_parameters(ChangeModel(config))
-        typer.echo(f"{name:<13}{total / 1e6:>10.1f} M  {config.backbone} / {config.encoder}")
+        if config.mask_head_kwargs:
+            config.classes = ["background", "road", "building"]
+        model = ChangeModel(config)
+        heads = " + ".join(model.tasks)
+        total = count_parameters(model)
+        typer.echo(f"{name:<13}{total / 1e6:>10.1f} M  {config.backbone} / {config.encoder} / {heads}")
         typer.echo(f"{'':<13}{config.reference}")
 
 

@@ -13,6 +13,7 @@ from test_detection import flood_fill_components
 from test_train_cli import cli
 
 from changescope.data.synth import generate
+from changescope.errors import ChangescopeError
 
 MCI_YAML = """\
 preset: mci
@@ -145,3 +146,37 @@ def test_bad_detect_input_is_one_line_and_writes_nothing(tmp_path, mci_run, synt
     assert not (tmp_path / "o").exists()
     proc = cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--tasks", "roads", check=False)
     assert proc.returncode == 1 and "--tasks takes caption, mask or caption,mask" in proc.stderr
+
+
+def test_label_with_values_outside_the_class_map_is_one_line_naming_them(tmp_path, mci_run, synth):
+    import shutil
+
+    out, _ = mci_run
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    label = sorted((data / "images/test/label").iterdir())[0]
+    pixels = np.asarray(Image.open(label).convert("RGB")).copy()
+    pixels[0:2, 0:2] = (7, 8, 9)
+    Image.fromarray(pixels).save(label)
+    proc = cli("evaluate", out, "--data", data, "--no-meteor", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert label.name in proc.stderr and "(7,8,9)" in proc.stderr and "outside the class map" in proc.stderr
+
+
+def test_data_without_masks_trains_captions_only_and_refuses_mask_training(tmp_path):
+    from data import make_fixtures as fx
+
+    from changescope.errors import DataError
+    from changescope.tasks.training import TrainOptions, _prepare_run
+
+    root = fx.make_levir_cc(tmp_path / "levir")
+    options = TrainOptions(data=str(root), out=str(tmp_path / "a"), preset="mci", min_freq=1)
+    config, vocab = _prepare_run(options, tmp_path)
+    assert config.classes == [] and vocab is not None and options.tasks == "caption"
+    assert options.monitor == "CIDEr-D"
+    masks = TrainOptions(data=str(root), out=str(tmp_path / "b"), preset="mci", tasks="mask")
+    with pytest.raises(DataError, match="has no change masks; train with --tasks caption"):
+        _prepare_run(masks, tmp_path)
+    wrong = TrainOptions(data=str(root), out=str(tmp_path / "c"), preset="mci", monitor="mIoU_no_bg")
+    with pytest.raises(ChangescopeError, match="--monitor mIoU_no_bg needs the mask task"):
+        _prepare_run(wrong, tmp_path)
