@@ -1,0 +1,29 @@
+"""Scenes: two rasters of one place -> a change-class GeoTIFF and change polygons, memory flat in scene size.
+
+``raster`` opens the two dates and puts B on A's grid, ``tiling`` cuts the overlap into overlapping tiles and
+blends the per-tile predictions into a GeoTIFF strip by strip, ``vectors`` turns the class map into polygons
+with areas in m2 and writes GeoJSON or GeoPackage. rasterio, shapely, pyproj and pyogrio are the optional
+``geo`` extra: they are imported when first used, so ``import changescope.geo`` works without them and a
+missing one ends in a one-line install hint.
+"""
+
+from __future__ import annotations
+
+from changescope.geo.raster import AlignedPair, Scene, StretchRule, aligned_pair, open_scene
+from changescope.geo.tiling import StripMosaic, blend_weights, run_tiles, tile_windows
+from changescope.geo.vectors import area_per_pixel_m2, polygonize, write_vectors
+
+__all__ = [
+    "AlignedPair",
+    "Scene",
+    "StretchRule",
+    "StripMosaic",
+    "aligned_pair",
+    "area_per_pixel_m2",
+    "blend_weights",
+    "open_scene",
+    "polygonize",
+    "run_tiles",
+    "tile_windows",
+    "write_vectors",
+]
