@@ -328,6 +328,70 @@ def detect(
         typer.echo(f"wrote {out}/mask.png, overlay.png, result.json")
 
 
+@app.command()
+def scene(
+    before: Path = typer.Argument(
+        ..., help="Date A: a GeoTIFF (any size, CRS, dtype, bands) or a PNG / JPEG."
+    ),
+    after: Path = typer.Argument(..., help="Date B: resampled onto A's grid when the grids differ."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    model: str = typer.Option("default", "--model", help="Model directory with a change-mask head."),
+    bands: str | None = typer.Option(
+        None, "--bands", help="1-based band indices read as R,G,B (e.g. 3,2,1)."
+    ),
+    tile: int = typer.Option(256, "--tile", help="Tile size in pixels."),
+    overlap: int = typer.Option(32, "--overlap", help="Overlap of neighbouring tiles in pixels."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Tiles per forward pass."),
+    vector_format: str = typer.Option("geojson", "--vector-format", help="geojson or gpkg."),
+    min_area: int = typer.Option(10, "--min-area", help="Report polygons of at least N pixels."),
+    max_captions: int = typer.Option(50, "--max-captions", help="Caption the N largest regions."),
+    beam: int = typer.Option(1, "--beam", help="Beam size of the region captions."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
+) -> None:
+    """Map what changed between two co-registered scenes of any size.
+
+    Writes OUT/changes.tif (change classes on A's grid, nodata 255 outside the overlap), OUT/changes.geojson
+    (polygons with class, area in m2, centroid and a caption; --vector-format gpkg for a GeoPackage),
+    OUT/summary.json and OUT/report.html. 16-bit and float data are stretched to 8 bits by one rule for
+    both dates: the 2nd to 98th percentile per band of decimated samples of both scenes.
+    """
+    from changescope.tasks.scene import SceneOptions, run_scene
+
+    band_list = None
+    if bands is not None:
+        try:
+            band_list = tuple(int(b) for b in bands.split(","))
+        except ValueError:
+            raise typer.BadParameter("--bands takes comma-separated band numbers, e.g. 3,2,1") from None
+        if len(band_list) != 3:
+            raise typer.BadParameter("--bands takes exactly 3 band numbers (R,G,B)")
+    options = SceneOptions(
+        bands=band_list,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        vector_format=vector_format,
+        min_area=min_area,
+        max_captions=max_captions,
+        beam=beam,
+        device=device,
+    )
+    summary = run_scene(before, after, out, model, options, progress=not as_json)
+    if as_json:
+        _echo_json(summary)
+        return
+    unit = "m2" if summary["georeferenced"] else "px"
+    for name, row in summary["classes"].items():
+        if row["regions"]:
+            area = row["area_m2"] if summary["georeferenced"] else row["pixels"]
+            typer.echo(f"{name:<12}{row['regions']:>6} regions {area:>14.1f} {unit}")
+    typer.echo(
+        f"{summary['regions_total']} changed regions, {summary['regions_captioned']} captioned; "
+        f"wrote {', '.join(summary['outputs'])} to {out} ({summary['seconds']:.1f} s)"
+    )
+
+
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
     """``[MODEL] inputs``: with three paths the first is MODEL; with two, it is MODEL only when it is
     'default' or holds a saved model (then the second is a folder of pairs)."""

@@ -25,7 +25,7 @@ h1{font-size:20px} .note{color:#555;max-width:900px}
 """
 
 
-def _data_uri(source: str | Path | Image.Image, size: int = 192) -> str:
+def data_uri(source: str | Path | Image.Image, size: int = 192) -> str:
     """Embed a thumbnail so the report is one file that can be mailed or moved."""
     img = source.copy() if isinstance(source, Image.Image) else Image.open(source)
     with img:
@@ -64,7 +64,7 @@ def caption_report(rows: Sequence[dict], out: str | Path, title: str, note: str 
             text.append(f"<div>references:</div><ul class='refs'>{refs}</ul>")
         parts.append(
             "<div class='pair'>"
-            + "".join(f"<figure><img alt='{n}' src='{_data_uri(src)}'>{n}</figure>" for n, src in figures)
+            + "".join(f"<figure><img alt='{n}' src='{data_uri(src)}'>{n}</figure>" for n, src in figures)
             + f"<div class='text'>{''.join(text)}</div></div>"
         )
     write_text_atomic(out, "\n".join(parts) + "\n")

@@ -1,0 +1,311 @@
+"""Scenes: two rasters of any size -> a change-class GeoTIFF, polygons with captions, a summary, a report.
+
+The pipeline (DESIGN.md section 8): open A and B, put B on A's grid and fit one stretch rule for both
+(``geo.raster.aligned_pair``); predict class probabilities tile by tile over the overlap and blend them into
+``changes.tif`` with memory flat in scene size (``geo.tiling.run_tiles``); polygonize it
+(``geo.vectors.polygonize``); caption the largest regions, each from a window around it; write
+``changes.geojson`` (or ``.gpkg``), ``summary.json`` and ``report.html``.
+
+Every output is written to a temporary file and renamed. ``summary.json`` is removed first and written
+last, so a run interrupted at any point never leaves a summary beside missing or stale outputs.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from changescope.errors import ChangescopeError
+from changescope.fileio import write_json_atomic, write_text_atomic
+
+
+@dataclass
+class SceneOptions:
+    #: 1-based band indices read as R, G, B (None: 1, 2, 3)
+    bands: tuple[int, ...] | None = None
+    tile: int = 256
+    overlap: int = 32
+    batch_size: int = 8
+    #: "geojson" or "gpkg"
+    vector_format: str = "geojson"
+    #: polygons under this many pixels are not reported (they stay in changes.tif)
+    min_area: int = 10
+    #: the largest regions get a caption each (0: none)
+    max_captions: int = 50
+    #: caption window = the region's box grown by this factor, at least one tile, square
+    caption_context: float = 1.5
+    #: beam size of the captions
+    beam: int = 1
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.tile < 32 or not 0 <= self.overlap < self.tile // 2:
+            raise ChangescopeError("--tile must be >= 32 and 0 <= --overlap < tile / 2")
+        if self.vector_format not in ("geojson", "gpkg"):
+            raise ChangescopeError("--vector-format must be geojson or gpkg")
+        for name in ("batch_size", "beam"):
+            if getattr(self, name) < 1:
+                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def _predictor(model, processor, device: torch.device):
+    """Tiles ``[N, 2, 3, t, t]`` -> class probabilities ``[N, K, t, t]`` (resized to and from the model)."""
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-2:]
+        logits = model(processor.resize(images).to(device)).mask_logits
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1).cpu()
+
+    return predict
+
+
+def _caption_window(bbox: tuple[int, int, int, int], tile: int, context: float):
+    from rasterio.windows import Window
+
+    col0, row0, col1, row1 = bbox
+    side = max(tile, math.ceil(max(col1 - col0, row1 - row0) * context))
+    centre_col, centre_row = (col0 + col1) / 2, (row0 + row1) / 2
+    return Window(round(centre_col - side / 2), round(centre_row - side / 2), side, side)
+
+
+def caption_regions(model, processor, pair, features: list[dict], options: SceneOptions) -> list[str | None]:
+    """A caption for each of the ``max_captions`` largest regions (None for the rest), batched."""
+    from changescope.tasks.inference import Decoding, caption_pairs
+
+    captions: list[str | None] = [None] * len(features)
+    if model.decoder is None or options.max_captions == 0:
+        return captions
+    chosen = list(range(min(options.max_captions, len(features))))  # features come largest first
+    decoding = Decoding(beam_size=options.beam)
+    for start in range(0, len(chosen), options.batch_size):
+        batch = chosen[start : start + options.batch_size]
+        windows = [
+            _caption_window(features[i]["bbox_pixels"], options.tile, options.caption_context) for i in batch
+        ]
+        images = torch.stack([processor.resize(pair.read(w)[0]) for w in windows])
+        for i, text in zip(batch, caption_pairs(model, processor, images, decoding), strict=True):
+            captions[i] = text
+    return captions
+
+
+def _crs_text(crs) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def class_totals(features: list[dict], classes: list[str]) -> dict[str, dict[str, Any]]:
+    totals = {name: {"regions": 0, "pixels": 0, "area_m2": 0.0} for name in classes[1:]}
+    for feature in features:
+        row = totals[feature["class_name"]]
+        row["regions"] += 1
+        row["pixels"] += feature["pixels"]
+        if feature["area_m2"] is None:
+            row["area_m2"] = None
+        elif row["area_m2"] is not None:
+            row["area_m2"] += feature["area_m2"]
+    for row in totals.values():
+        if row["area_m2"] is not None:
+            row["area_m2"] = round(row["area_m2"], 2)
+    return totals
+
+
+def run_scene(
+    a: str | Path,
+    b: str | Path,
+    out: str | Path,
+    model_spec: str | Path = "default",
+    options: SceneOptions | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole scene pipeline; return the summary (also written to ``OUT/summary.json``)."""
+    from changescope.errors import require
+    from changescope.tasks.inference import load
+
+    require("rasterio", "geo", "scenes")
+    from changescope.geo.raster import aligned_pair
+    from changescope.geo.tiling import run_tiles
+    from changescope.geo.vectors import polygonize, write_vectors
+
+    options = options or SceneOptions()
+    options.validate()
+    out = Path(out)
+    start = time.perf_counter()
+    with aligned_pair(a, b, options.bands) as pair:  # the inputs are checked before the model loads
+        model, processor, model_path = load(model_spec)
+        model.require("mask")
+        device = torch.device(options.device)
+        model.to(device)
+        classes = list(model.config.classes)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)
+        changes = out / "changes.tif"
+        with _progress_bar(progress) as bar:
+            run_tiles(
+                pair,
+                _predictor(model, processor, device),
+                changes,
+                len(classes),
+                options.tile,
+                options.overlap,
+                options.batch_size,
+                progress=bar,
+            )
+        features = polygonize(changes, classes, min_area_px=options.min_area)
+        with torch.inference_mode():
+            captions = caption_regions(model, processor, pair, features, options)
+        vectors = out / f"changes.{options.vector_format}"
+        extra = [{"caption": c or ""} for c in captions]
+        write_vectors(features, vectors, pair.crs, options.vector_format, extra_properties=extra)
+        summary = _summary(a, b, model_path, pair, features, captions, classes, options)
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        summary["outputs"] = ["changes.tif", vectors.name, "report.html", "summary.json"]
+        write_scene_report(pair, changes, summary, classes, out / "report.html")
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _summary(a, b, model_path, pair, features, captions, classes, options) -> dict[str, Any]:
+    window = pair.window
+    pixel_area = abs(pair.transform.a * pair.transform.e - pair.transform.b * pair.transform.d)
+    regions = [
+        {
+            "class": f["class_name"],
+            "pixels": f["pixels"],
+            "area_m2": None if f["area_m2"] is None else round(f["area_m2"], 2),
+            "centroid": [round(v, 6) for v in f["centroid"]],
+            "centroid_lonlat": None
+            if f["centroid_lonlat"] is None
+            else [round(v, 7) for v in f["centroid_lonlat"]],
+            "bbox_pixels": list(f["bbox_pixels"]),
+            "caption": c,
+        }
+        for f, c in zip(features, captions, strict=True)
+    ]
+    rule = pair.rule
+    return {
+        "a": str(a),
+        "b": str(b),
+        "model": str(model_path),
+        "georeferenced": pair.georeferenced,
+        "crs": _crs_text(pair.crs),
+        "note": None
+        if pair.georeferenced
+        else "no georeference: coordinates are pixel (column, row) positions in image A; areas are not known",
+        "size": [pair.width, pair.height],
+        "processed_window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
+        "pixel_area_crs_units": pixel_area if pair.georeferenced else None,
+        "stretch": {
+            "rule": "identity (8-bit data)"
+            if rule.is_identity
+            else f"linear from the {rule.percentiles[0]}th to the {rule.percentiles[1]}th percentile per "
+            "band, pooled over decimated samples of both dates, clipped to 0..255",
+            "low": np.asarray(rule.low).round(4).tolist(),
+            "high": np.asarray(rule.high).round(4).tolist(),
+        },
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        "classes": class_totals(features, classes),
+        "regions_total": len(features),
+        "regions_captioned": sum(c is not None for c in captions),
+        "regions": regions,
+    }
+
+
+class _progress_bar:
+    """A rich progress bar over tiles (a no-op when ``enabled`` is False)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.progress, self.task = enabled, None, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
+        )
+        self.progress.start()
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("tiles", total=total)
+        self.progress.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _overview(dataset, bands, rule, max_side: int) -> np.ndarray:
+    scale = min(1.0, max_side / max(dataset.width, dataset.height))
+    shape = (len(bands), max(1, round(dataset.height * scale)), max(1, round(dataset.width * scale)))
+    data = dataset.read(list(bands), out_shape=shape).astype(np.float32)
+    return rule.apply(data).transpose(1, 2, 0)
+
+
+def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], path: Path, side: int = 768):
+    """``report.html``: overviews of A, B and the change map (decimated reads), the per-class table and the
+    captioned regions; one self-contained file."""
+    import rasterio
+    from PIL import Image
+
+    from changescope.overlay import overlay
+    from changescope.report import data_uri
+
+    view_a = _overview(pair.a.dataset, pair.a.bands, pair.rule, side)
+    view_b = _overview(pair.b.dataset, pair.b.bands, pair.rule, side)
+    with rasterio.open(changes) as src:
+        classes_map = src.read(1, out_shape=view_a.shape[:2])
+    shown = np.where(classes_map == 255, 0, classes_map)
+    views = (
+        ("A (before)", Image.fromarray(view_a)),
+        ("B (after, on A's grid)", Image.fromarray(view_b)),
+        ("changes", overlay(view_b, shown, classes)),
+    )
+    figures = "".join(
+        f"<figure><img alt='{name}' src='{data_uri(img, side)}'><figcaption>{name}</figcaption></figure>"
+        for name, img in views
+    )
+    unit = "m2" if summary["georeferenced"] else "pixels"
+    rows = []
+    for name, row in summary["classes"].items():
+        area = "" if row["area_m2"] is None else f"{row['area_m2']:.1f}"
+        cells = (html.escape(name), row["regions"], row["pixels"], area)
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    regions = []
+    for region in summary["regions"]:
+        if region["caption"]:
+            area = f", {region['area_m2']:.1f} m2" if region["area_m2"] is not None else ""
+            regions.append(
+                f"<li>{html.escape(region['class'])}, {region['pixels']} px{area}: "
+                f"{html.escape(region['caption'])}</li>"
+            )
+    note = summary["note"] or f"CRS {summary['crs']}; areas in m2"
+    title = f"What changed between {Path(summary['a']).name} and {Path(summary['b']).name}"
+    text = (
+        "<!doctype html><meta charset='utf-8'><title>changescope scene report</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:24px}figure{display:inline-block;margin:8px}"
+        "img{max-width:360px;image-rendering:pixelated}td,th{padding:2px 10px;text-align:right}"
+        "td:first-child{text-align:left}</style>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(note)}. Model {html.escape(summary['model'])}. "
+        f"Stretch: {html.escape(summary['stretch']['rule'])}.</p>{figures}"
+        f"<table><tr><th>class</th><th>regions</th><th>pixels</th><th>area ({unit})</th></tr>"
+        f"{''.join(rows)}</table>"
+        f"<h2>Captioned regions (largest {summary['regions_captioned']} of {summary['regions_total']})</h2>"
+        f"<ol>{''.join(regions)}</ol>"
+    )
+    write_text_atomic(path, text + "\n")

@@ -1,0 +1,105 @@
+"""`changescope scene` end to end with the shipped model, on GeoTIFF mosaics of SynthChange pairs.
+
+The geo layer's own tests (test_geo.py) cover CRSs, dtypes, nodata, co-registration, tiling and areas with
+a deterministic stand-in predictor; here the real default model runs through the real command.
+"""
+
+import json
+
+import pytest
+from PIL import Image
+from test_train_cli import cli
+
+rasterio = pytest.importorskip("rasterio")
+
+from changescope.geo.synth_scene import write_synth_scene  # noqa: E402
+from changescope.tasks.inference import DEFAULT_MODEL  # noqa: E402
+
+
+def _needs_mask_model():
+    config = DEFAULT_MODEL / "config.json"
+    if not config.is_file() or not json.loads(config.read_text()).get("classes"):
+        pytest.skip("the shipped model has no change-mask head in this checkout")
+
+
+@pytest.fixture(scope="module")
+def utm_scene(tmp_path_factory):
+    return write_synth_scene(tmp_path_factory.mktemp("scene"), size=512, seed=3, changed=True)
+
+
+def test_scene_maps_changes_on_a_grid_and_reports_them(tmp_path, utm_scene):
+    _needs_mask_model()
+    out = tmp_path / "out"
+    printed = cli("scene", utm_scene["A"], utm_scene["B"], "--out", out, "--tile", "256", "--overlap", "32")
+    assert "changed regions" in printed.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "changes.geojson",
+        "changes.tif",
+        "report.html",
+        "summary.json",
+    ]
+    with rasterio.open(out / "changes.tif") as changes, rasterio.open(utm_scene["A"]) as a:
+        assert changes.crs == a.crs and changes.transform == a.transform and changes.shape == a.shape
+        assert changes.nodata == 255 and changes.profile["tiled"]
+        predicted = changes.read(1)
+    with rasterio.open(utm_scene["truth"]) as truth_file:
+        truth = truth_file.read(1)
+    # the change is found where it is: binary change IoU against the exact SynthChange truth
+    hit = ((predicted > 0) & (predicted != 255) & (truth > 0)).sum()
+    union = (((predicted > 0) & (predicted != 255)) | (truth > 0)).sum()
+    assert hit / union > 0.5
+
+    summary = json.loads((out / "summary.json").read_text())
+    geojson = json.loads((out / "changes.geojson").read_text())
+    features = geojson["features"]
+    assert len(features) == summary["regions_total"] > 0
+    # 0.5 m pixels in UTM: every polygon's area is its pixel count x 0.25 m2
+    for feature in features:
+        props = feature["properties"]
+        assert props["area_m2"] == pytest.approx(props["pixels"] * 0.25, rel=1e-6)
+        lon, lat = feature["geometry"]["coordinates"][0][0]
+        assert 14 < lon < 16 and 44 < lat < 46  # EPSG:32633 near (500000, 5000000): lon/lat per RFC 7946
+    captioned = [f for f in features if f["properties"]["caption"]]
+    assert len(captioned) == summary["regions_captioned"] == min(50, len(features))
+    for name, row in summary["classes"].items():
+        mine = [f["properties"] for f in features if f["properties"]["class"] == name]
+        assert row["regions"] == len(mine)
+        assert row["area_m2"] == pytest.approx(sum(p["area_m2"] for p in mine), abs=0.05)
+    assert summary["crs"] == "EPSG:32633" and summary["stretch"]["rule"].startswith("identity")
+    assert "<img" in (out / "report.html").read_text()
+
+
+def test_scene_from_plain_images_works_in_pixels(tmp_path, utm_scene):
+    _needs_mask_model()
+    for name in ("A", "B"):
+        with rasterio.open(utm_scene[name]) as src:
+            Image.fromarray(src.read()[:, :300, :280].transpose(1, 2, 0)).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    summary = json.loads(
+        cli(
+            "scene", tmp_path / "A.png", tmp_path / "B.png", "--out", out, "--json", "--max-captions", "2"
+        ).stdout
+    )
+    assert summary["georeferenced"] is False and "pixel" in summary["note"]
+    assert summary["size"] == [280, 300]  # not a multiple of the tile; smaller than two tiles
+    assert all(r["area_m2"] is None for r in summary["regions"])
+    with rasterio.open(out / "changes.tif") as changes:
+        assert changes.shape == (300, 280) and changes.crs is None
+        assert (changes.read(1) != 255).all()  # every pixel covered, edges included
+
+
+def test_scene_bad_input_is_one_line(tmp_path, utm_scene):
+    far = write_synth_scene(tmp_path / "far", size=256, seed=4, origin=(600000.0, 5100000.0))
+    proc = cli("scene", utm_scene["A"], far["B"], "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "does not overlap" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o" / "summary.json").exists()
+    proc = cli("scene", utm_scene["A"], tmp_path / "missing.tif", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 1 and "missing.tif" in proc.stderr
+    proc = cli(
+        "scene", utm_scene["A"], utm_scene["B"], "--out", tmp_path / "o", "--bands", "3,2", check=False
+    )
+    assert proc.returncode != 0 and "exactly 3 band numbers" in proc.stderr
+    proc = cli(
+        "scene", utm_scene["A"], utm_scene["B"], "--out", tmp_path / "o", "--bands", "3,2,9", check=False
+    )
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "A.tif" in proc.stderr
