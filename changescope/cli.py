@@ -318,7 +318,7 @@ def detect(
         _echo_json(detection.result)
     else:
         counts = ", ".join(
-            f"{name}: {c['objects']} objects, {c['percent']:.2f} %"
+            f"{name}: {c['objects']} object{'s' * (c['objects'] != 1)}, {c['percent']:.2f} % of the image"
             for name, c in detection.result["classes"].items()
             if c["pixels"]
         )

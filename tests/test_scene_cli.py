@@ -75,14 +75,16 @@ def test_scene_from_plain_images_works_in_pixels(tmp_path, utm_scene):
         with rasterio.open(utm_scene[name]) as src:
             Image.fromarray(src.read()[:, :300, :280].transpose(1, 2, 0)).save(tmp_path / f"{name}.png")
     out = tmp_path / "out"
-    summary = json.loads(
-        cli(
-            "scene", tmp_path / "A.png", tmp_path / "B.png", "--out", out, "--json", "--max-captions", "2"
-        ).stdout
-    )
+    args = ("--out", out, "--json", "--max-captions", "2", "--vector-format", "gpkg")
+    summary = json.loads(cli("scene", tmp_path / "A.png", tmp_path / "B.png", *args).stdout)
     assert summary["georeferenced"] is False and "pixel" in summary["note"]
     assert summary["size"] == [280, 300]  # not a multiple of the tile; smaller than two tiles
     assert all(r["area_m2"] is None for r in summary["regions"])
+    pyogrio = pytest.importorskip("pyogrio")
+    meta, _, geometry, fields = pyogrio.raw.read(out / "changes.gpkg")
+    columns = dict(zip(meta["fields"], fields, strict=True))
+    assert len(geometry) == summary["regions_total"] and "caption" in columns
+    assert sorted(columns["pixels"]) == sorted(r["pixels"] for r in summary["regions"])
     with rasterio.open(out / "changes.tif") as changes:
         assert changes.shape == (300, 280) and changes.crs is None
         assert (changes.read(1) != 255).all()  # every pixel covered, edges included
