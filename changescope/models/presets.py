@@ -91,25 +91,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "difference-aware cross-attention layers, 1 decoder layer of width 512. Differs: ResNet-50 "
         "instead of SegFormer MiT-b1 (not in timm).",
     },
-    "mci": {
-        "backbone": "resnet50",
-        "backbone_pretrained": True,
-        "encoder": "bicross",
-        "encoder_kwargs": {"d_model": 512, "num_layers": 3, "num_heads": 8, "dropout": 0.1},
-        "decoder_kwargs": {
-            "d_model": 512,
-            "num_layers": 1,
-            "num_heads": 8,
-            "ffn_dim": 2048,
-            "dropout": 0.1,
-            "max_len": 42,
-        },
-        "mask_head_kwargs": {"channels": 128},
-        "reference": "MCI (Liu et al., Change-Agent, IEEE TGRS 2024): one model for change masks and "
-        "captions; bi-directional difference-aware cross-attention feeds the caption decoder and, with "
-        "the multi-level features of both dates, the mask head. Differs: ResNet-50 instead of SegFormer "
-        "MiT-b1 (not in timm); an FPN-style top-down mask decoder.",
-    },
     "sen": {
         "backbone": "resnet50",
         "backbone_pretrained": True,
@@ -127,6 +108,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "difference encoder, 1 decoder layer. Differs: ImageNet ResNet-50 weights adapted to 6 channels "
         "instead of the paper's SSL4EO-S12 contrastive pre-training.",
     },
+}
+
+# MCI's caption branch is `bicross`; the full model adds the change-mask head on the same features
+PRESETS["mci"] = {
+    **copy.deepcopy(PRESETS["bicross"]),
+    "mask_head_kwargs": {"channels": 128},
+    "reference": "MCI (Liu et al., Change-Agent, IEEE TGRS 2024): one model for change masks and "
+    "captions; bi-directional difference-aware cross-attention feeds the caption decoder and, with "
+    "the multi-level features of both dates, the mask head. Differs: ResNet-50 instead of SegFormer "
+    "MiT-b1 (not in timm); an FPN-style top-down mask decoder.",
 }
 
 
