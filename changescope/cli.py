@@ -148,6 +148,7 @@ def train(
     mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss."),
     num_workers: int | None = typer.Option(None, "--num-workers"),
     limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
+    devices: int | None = typer.Option(None, "--devices", help="Processes / GPUs; > 1 trains with DDP."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
     """Train a change model (captions and / or change masks); the best model lands in OUT/model."""
@@ -175,6 +176,7 @@ def train(
         "mask_weight": mask_weight,
         "num_workers": num_workers,
         "limit_pairs": limit_pairs,
+        "devices": devices,
     }
     values.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
     if resume:
@@ -184,7 +186,8 @@ def train(
     else:
         options = TrainOptions.from_mapping(values, config)
     summary = run_training(options, resume=resume)
-    typer.echo(json.dumps(summary))
+    if summary is not None:  # DDP worker processes report nothing
+        typer.echo(json.dumps(summary))
 
 
 @app.command()

@@ -141,3 +141,20 @@ def test_bad_training_input_is_one_line(tmp_path, synth):
     proc = cli("train", "--preset", "nope", "--data", synth, "--out", tmp_path / "o2", check=False)
     assert proc.returncode == 1 and "unknown preset 'nope'" in proc.stderr
     assert not (tmp_path / "o2" / "model").exists()
+
+
+def test_ddp_training_on_two_cpu_processes(tmp_path, synth, config):
+    """Real multi-process training: Lightning's DDP launcher, gloo, two CPU processes, one shard each."""
+    from changescope.data.readers import open_dataset
+
+    out = tmp_path / "ddp"
+    proc = cli("train", "--config", config, "--data", synth, "--out", out, "--devices", "2", "--epochs", "2")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    summary = json.loads(lines[0])
+    assert summary["epochs_run"] == 2 and (out / "model" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_pairs = len(open_dataset(synth, "train"))
+    steps_per_epoch = -(-(-(-train_pairs // 2)) // 16)  # each rank: its half of the pairs, batches of 16
+    assert [r["step"] for r in rows] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert "val/CIDEr-D" in rows[-1] and "val/mIoU_no_bg" in rows[-1]

@@ -109,7 +109,7 @@ class TrainOptions:
         parse_tasks(self.tasks)
         if self.monitor is not None and self.monitor not in MONITORS:
             raise ChangescopeError(f"--monitor must be one of {', '.join(MONITORS)}")
-        for name in ("epochs", "batch_size", "min_freq"):
+        for name in ("epochs", "batch_size", "min_freq", "devices"):
             if getattr(self, name) < 1:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
 
@@ -178,7 +178,27 @@ class ChangeTask(pl.LightningModule):
                 changed,
             )
 
+    def _gather_validation(self) -> None:
+        """Under DDP each rank saw a shard of the validation split: merge every rank's captions and
+        confusion matrix so that all ranks score the whole split identically (and early stopping agrees).
+        DistributedSampler pads a shard by repeating pairs: captions are keyed by id, so a repeat counts
+        once, but its pixels count twice in the confusion matrix (at most world_size - 1 pairs)."""
+        import torch.distributed as dist
+
+        if self.trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+            return
+        shards: list = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (self._predictions, self._references, self._changed))
+        for predictions, references, changed in shards:
+            self._predictions.update(predictions)
+            self._references.update(references)
+            self._changed.update(changed)
+        if self._confusion is not None:
+            dist.all_reduce(self._confusion.matrix)
+
     def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self._gather_validation()
         if self._train_losses:
             self.log("train/loss_epoch", torch.stack(self._train_losses).mean())
             self._train_losses = []
@@ -191,8 +211,11 @@ class ChangeTask(pl.LightningModule):
             self._confusion = None
         if "CIDEr-D" in values and "mIoU_no_bg" in values:
             values["CIDEr-D+mIoU_no_bg"] = values["CIDEr-D"] + values["mIoU_no_bg"]
+        # under DDP every rank holds the same gathered values: syncing averages equal numbers
+        distributed = self.trainer.world_size > 1
         for key, value in values.items():
-            self.log(f"val/{key}", value, prog_bar=key in ("BLEU-4", "CIDEr-D", "mIoU_no_bg"))
+            bar = key in ("BLEU-4", "CIDEr-D", "mIoU_no_bg")
+            self.log(f"val/{key}", value, prog_bar=bar, sync_dist=distributed)
 
     def _caption_scores(self) -> dict[str, float]:
         from changescope.metrics.captions import evaluate_captions
@@ -348,11 +371,19 @@ def _load_run(out: Path) -> tuple[TrainOptions, ModelConfig, Vocabulary]:
     return TrainOptions.from_mapping(run["options"], path), ModelConfig.from_dict(run["config"], path), vocab
 
 
-def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) a change model; return a summary with the best validation metric and model path."""
+def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
+    """Train (or resume) a change model; return a summary with the best validation metric and model path.
+
+    With ``devices > 1`` Lightning's DDP launcher starts one process per device by re-running this command;
+    those processes (``LOCAL_RANK`` > 0) read the run that rank 0 prepared, and return None.
+    """
     out = Path(options.out)
     last = out / "checkpoints" / "last.ckpt"
-    if resume:
+    launched_rank = int(os.environ.get("LOCAL_RANK", "0")) if options.devices > 1 else 0
+    if launched_rank > 0 and not resume:
+        saved, config, vocab = _load_run(out)  # rank 0 prepared this run before launching us
+        options = saved
+    elif resume:
         saved, config, vocab = _load_run(out)
         if not last.is_file():
             raise DataError(
@@ -405,6 +436,7 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         max_epochs=options.epochs,
         accelerator=options.accelerator,
         devices=options.devices,
+        strategy="ddp" if options.devices > 1 else "auto",
         callbacks=callbacks,
         logger=False,
         num_sanity_val_steps=0,
@@ -413,6 +445,8 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         gradient_clip_val=5.0,
     )
     trainer.fit(task, loader("train", True), loader("val", False), ckpt_path=str(last) if resume else None)
+    if not trainer.is_global_zero:
+        return None  # under DDP, rank 0 exports the model and reports
     if export.best_epoch is None:
         raise ChangescopeError("training finished without a validation result; no model was exported")
     return {
