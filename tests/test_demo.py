@@ -13,6 +13,9 @@ def test_demo_writes_report_with_every_caption(tmp_path):
     assert html.count("class='pair'") == 6
     assert "SynthChange only" in html
     assert result["scores"]["n"] == 6 and result["scores"]["BLEU-4"] is not None
+    if result["detection"] is not None:  # the shipped multitask model: masks and counts in the report
+        assert html.count("alt='predicted change'") == 6 and "class='counts'" in html
+        assert result["detection"]["mIoU_no_bg"] is not None
 
 
 def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
@@ -24,3 +27,5 @@ def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
     assert size <= 25 * 2**20
     model, processor = from_pretrained(DEFAULT_MODEL)
     assert model.config.preset == "lite" and len(processor.vocab) == model.config.vocab_size
+    assert model.tasks == ("caption", "mask")
+    assert model.config.classes == ["background", "road", "building", "tree", "water"]

@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic, write_text_atomic
 
+#: GDAL block cache for a scene run, in MB: enough for a few rows of 256 x 256 blocks of A, B and the output
+GDAL_CACHE_MB = 64
+
 
 @dataclass
 class SceneOptions:
@@ -133,7 +136,7 @@ def run_scene(
     from changescope.errors import require
     from changescope.tasks.inference import load
 
-    require("rasterio", "geo", "scenes")
+    rasterio = require("rasterio", "geo", "scenes")
     from changescope.geo.raster import aligned_pair
     from changescope.geo.tiling import run_tiles
     from changescope.geo.vectors import polygonize, write_vectors
@@ -142,7 +145,9 @@ def run_scene(
     options.validate()
     out = Path(out)
     start = time.perf_counter()
-    with aligned_pair(a, b, options.bands) as pair:  # the inputs are checked before the model loads
+    # GDAL's block cache defaults to 5 % of RAM and fills with every block read or written, so without a
+    # cap peak memory grows with the scene until that limit (measured: +355 MiB from 4096 to 8192 px)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), aligned_pair(a, b, options.bands) as pair:
         model, processor, model_path = load(model_spec)
         model.require("mask")
         device = torch.device(options.device)
