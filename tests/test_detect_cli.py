@@ -12,7 +12,6 @@ from PIL import Image
 from test_detection import flood_fill_components
 from test_train_cli import cli
 
-from changescope.data.synth import generate
 from changescope.errors import ChangescopeError
 
 MCI_YAML = """\
@@ -29,13 +28,6 @@ overrides:
   decoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4, ffn_dim: 64, max_len: 24}
   mask_head_kwargs: {channels: 16}
 """
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth") / "s64"
-    generate(root, pairs=64, size=64, seed=6)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from changescope.data.synth import generate
-
 TINY_YAML = """\
 preset: lite
 epochs: 1
@@ -37,13 +35,6 @@ def cli(*args, check=True, **kwargs):
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth") / "s64"
-    generate(root, pairs=64, size=64, seed=5)
-    return root
 
 
 @pytest.fixture(scope="module")
