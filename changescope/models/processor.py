@@ -25,6 +25,12 @@ class ChangeProcessor:
     def __init__(self, vocab: Vocabulary | None, image_size: int, max_len: int):
         self.vocab, self.image_size, self.max_len = vocab, image_size, max_len
 
+    def resize_logits(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Mask logits ``[B, K, S, S]`` back to an input's ``size`` (bilinear, before any argmax)."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
     def resize_mask(self, mask: Tensor) -> Tensor:
         """``[..., H, W]`` class ids -> ``[..., S, S]`` by nearest neighbour (ids must not be blended)."""
         if mask.shape[-2:] == (self.image_size, self.image_size):

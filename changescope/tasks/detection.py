@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from changescope.fileio import write_json_atomic
@@ -115,7 +114,7 @@ def _objects(labels: np.ndarray, n: int, w: int, h: int) -> list[dict[str, Any]]
 def predict_mask(model, processor, pair: torch.Tensor) -> np.ndarray:
     """Class ids at the pair's own size: ``pair`` ``[2, 3, H, W]`` in [0, 1] -> ``[H, W]`` uint8."""
     logits = model(processor.resize(pair)[None]).mask_logits
-    logits = F.interpolate(logits, size=pair.shape[-2:], mode="bilinear", align_corners=False)
+    logits = processor.resize_logits(logits, pair.shape[-2:])
     return logits.argmax(1)[0].to(torch.uint8).numpy()
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from changescope.data.imageio import IMAGE_SUFFIXES, image_size
 from changescope.data.readers import open_dataset
@@ -88,7 +87,7 @@ def iter_predictions(
             mask = None
             if masks:
                 size = sample["mask"].shape if "mask" in sample else sample["image"].shape[-2:]
-                up = F.interpolate(out.mask_logits[i : i + 1], size=tuple(size), mode="bilinear")
+                up = processor.resize_logits(out.mask_logits[i : i + 1], size)
                 mask = up.argmax(1)[0]
             yield sample, texts[i], mask
 

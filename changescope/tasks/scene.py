@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic, write_text_atomic
@@ -63,11 +62,8 @@ def _predictor(model, processor, device: torch.device):
     """Tiles ``[N, 2, 3, t, t]`` -> class probabilities ``[N, K, t, t]`` (resized to and from the model)."""
 
     def predict(images: torch.Tensor) -> torch.Tensor:
-        size = images.shape[-2:]
         logits = model(processor.resize(images).to(device)).mask_logits
-        if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits.softmax(dim=1).cpu()
+        return processor.resize_logits(logits, images.shape[-2:]).softmax(dim=1).cpu()
 
     return predict
 
