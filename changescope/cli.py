@@ -143,15 +143,28 @@ def train(
     patience: int | None = typer.Option(None, "--patience", help="Early stop after N epochs without gain."),
     monitor: str | None = typer.Option(None, "--monitor", help="Validation metric for the best model."),
     tasks: str | None = typer.Option(
-        None, "--tasks", help="caption, mask or caption,mask (default: what the preset and the data allow)."
+        None,
+        "--tasks",
+        help="A comma-separated subset of caption, mask, vqa, grounding (default: what the preset and the "
+        "data allow).",
     ),
     mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss."),
+    vqa_weight: float | None = typer.Option(None, "--vqa-weight", help="Weight of the VQA loss."),
+    grounding_weight: float | None = typer.Option(
+        None, "--grounding-weight", help="Weight of the grounding loss."
+    ),
+    question_encoder: str | None = typer.Option(
+        None, "--question-encoder", help="minilm (all-MiniLM-L6-v2) or words (no transformers needed)."
+    ),
+    init: str | None = typer.Option(
+        None, "--init", help="Start from a saved model's weights ('default', a model or run directory)."
+    ),
     num_workers: int | None = typer.Option(None, "--num-workers"),
     limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
     devices: int | None = typer.Option(None, "--devices", help="Processes / GPUs; > 1 trains with DDP."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
-    """Train a change model (captions and / or change masks); the best model lands in OUT/model."""
+    """Train a change model (captions, change masks, answers, grounding); the best lands in OUT/model."""
     from changescope.tasks.training import TrainOptions
     from changescope.tasks.training import train as run_training
 
@@ -174,6 +187,10 @@ def train(
         "monitor": monitor,
         "tasks": tasks,
         "mask_weight": mask_weight,
+        "vqa_weight": vqa_weight,
+        "grounding_weight": grounding_weight,
+        "question_encoder": question_encoder,
+        "init": init,
         "num_workers": num_workers,
         "limit_pairs": limit_pairs,
         "devices": devices,
@@ -206,13 +223,14 @@ def evaluate(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
 ) -> None:
-    """Caption and segment a dataset split with MODEL and print the paper-style tables.
+    """Run MODEL on a dataset split and print the paper-style tables of every task it shares with the data.
 
-    Captions are scored as `changescope score` does; a model with a mask head on data with masks also
-    gets per-class IoU / F1 / precision / recall and mIoU with and without background.
+    Captions are scored as `changescope score` does; change masks by per-class IoU / F1 / precision /
+    recall and mIoU with and without background; questions (records.jsonl, CDVQA) by OA, AA and accuracy
+    per question type; grounding queries by mIoU and cIoU.
     """
     from changescope.fileio import write_json_atomic
-    from changescope.metrics.table import caption_table, detection_table
+    from changescope.metrics.table import caption_table, detection_table, grounding_line, vqa_table
     from changescope.tasks.inference import Decoding
     from changescope.tasks.inference import evaluate as run_evaluation
 
@@ -224,11 +242,16 @@ def evaluate(
     if as_json:
         _echo_json(result)
     else:
-        if "caption" in result["tasks"]:
+        if "CIDEr-D" in result:
             typer.echo(caption_table(result))
         if "detection" in result:
             typer.echo(f"\nchange detection, split '{result['split']}', {result['n']} pairs:")
             typer.echo(detection_table(result["detection"]))
+        if "vqa" in result:
+            typer.echo(f"\nchange question answering, split '{result['split']}' (percent):")
+            typer.echo(vqa_table(result["vqa"]))
+        if "grounding" in result:
+            typer.echo("\n" + grounding_line(result["grounding"]))
         vocab = (result["vocab_sha256"] or "none")[:12]
         typer.echo(
             f"model {result['model']} ({result['preset']}), decoding {json.dumps(result['decoding'])}, "
@@ -332,6 +355,64 @@ def detect(
 
 
 @app.command()
+def ask(
+    args: list[str] = typer.Argument(
+        ..., help="[MODEL] BEFORE AFTER \"QUESTION\" (MODEL defaults to 'default')."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, answer.json here."),
+    min_area: int = typer.Option(10, "--min-area", help="Drop grounded regions under N pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer JSON."),
+) -> None:
+    """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
+
+    Closed questions (yes / no, classes, ratio bins, counts) get the VQA head's answer; requests for a
+    description, and questions it is unsure of, get a free-form answer from the caption decoder
+    ("free_form": true in the JSON). The grounding mask is empty when the asked-for change is absent.
+    """
+    from changescope.tasks.inference import check_pair_files, load
+    from changescope.tasks.vqa import ask_pair, check_question, write_answer
+
+    if min_area < 0:
+        raise typer.BadParameter("--min-area must be >= 0")
+    if len(args) not in (3, 4):
+        raise typer.BadParameter('give BEFORE AFTER "QUESTION", optionally after MODEL')
+    question = check_question(args[-1])
+    model_spec, (before, after) = ("default", args[:2]) if len(args) == 3 else (args[0], args[1:3])
+    before, after = Path(before), Path(after)
+    check_pair_files([(after.stem, before, after)])
+    model, processor, model_path = load(model_spec)
+    answer = ask_pair(model, processor, before, after, question, min_area)
+    answer.result["model"] = str(model_path)
+    if out is not None:
+        from changescope.data.imageio import read_rgb
+
+        write_answer(answer, read_rgb(after), out)
+    if as_json:
+        _echo_json(answer.result)
+        return
+    result = answer.result
+    if "answer" in result:
+        note = (
+            " (free-form)"
+            if result["free_form"]
+            else f" ({result['type']}, confidence {result['confidence']:.2f})"
+        )
+        typer.echo(f"{result['answer']}{note}")
+    if result.get("grounding") is not None:
+        g = result["grounding"]
+        where = (
+            "no such change found"
+            if g["empty"]
+            else f"{len(g['boxes'])} region(s), {g['percent']:.2f} % of the image"
+        )
+        typer.echo(f"where: {where}")
+    if out is not None:
+        typer.echo(
+            f"wrote {out}/answer.json" + (", mask.png, overlay.png" if answer.mask is not None else "")
+        )
+
+
+@app.command()
 def scene(
     before: Path = typer.Argument(
         ..., help="Date A: a GeoTIFF (any size, CRS, dtype, bands) or a PNG / JPEG."
@@ -393,6 +474,49 @@ def scene(
         f"{summary['regions_total']} changed regions, {summary['regions_captioned']} captioned; "
         f"wrote {', '.join(summary['outputs'])} to {out} ({summary['seconds']:.1f} s)"
     )
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    model: str = typer.Option("default", "--model", help="Model directory, run directory or 'default'."),
+    max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Largest accepted upload, per file."),
+    llm_url: str | None = typer.Option(
+        None, "--llm-url", help="OpenAI-compatible server for /chat (default: the local SmolLM2)."
+    ),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
+) -> None:
+    """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
+    from changescope.serve import serve as run_server
+
+    if not 0 < port < 65536:
+        raise typer.BadParameter("--port must be 1..65535")
+    if max_upload_mb < 1:
+        raise typer.BadParameter("--max-upload-mb must be >= 1")
+    run_server(
+        host=host, port=port, model=model, max_upload_mb=max_upload_mb, llm_url=llm_url, llm_model=llm_model
+    )
+
+
+@app.command()
+def chat(
+    images: list[Path] = typer.Argument(None, help="Optional BEFORE AFTER images to talk about."),
+    model: str = typer.Option("default", "--model", help="Model directory, run directory or 'default'."),
+    llm_url: str | None = typer.Option(None, "--llm-url", help="OpenAI-compatible chat-completions server."),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="A local GGUF chat model (default: SmolLM2-135M)."),
+    max_steps: int = typer.Option(6, "--max-steps", help="Tool calls allowed per question."),
+) -> None:
+    """Chat with an agent that answers by calling the change models as typed tools."""
+    from changescope.agent.chat import chat as run_chat
+
+    if images and len(images) != 2:
+        raise typer.BadParameter("give BEFORE AFTER, or no images")
+    if max_steps < 1:
+        raise typer.BadParameter("--max-steps must be >= 1")
+    before, after = (images[0], images[1]) if images else (None, None)
+    run_chat(before, after, model=model, llm_url=llm_url, llm_model=llm_model, gguf=gguf, max_steps=max_steps)
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:

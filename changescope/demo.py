@@ -26,7 +26,7 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     from changescope.data.readers import open_dataset
     from changescope.data.synth import generate
     from changescope.metrics.score import score_dataset
-    from changescope.metrics.table import caption_table, detection_table
+    from changescope.metrics.table import caption_table, detection_table, grounding_line, vqa_table
     from changescope.report import caption_report
     from changescope.tasks.inference import DEFAULT_MODEL, load
 
@@ -49,7 +49,7 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
 
     test = open_dataset(data, "test", format="synthchange")
     visuals: dict[str, dict] = {}
-    detection = None
+    detection = model = processor = None
     if (DEFAULT_MODEL / "config.json").is_file():
         model, processor, path = load("default")
         with torch.inference_mode():
@@ -87,6 +87,12 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     if detection is not None:
         print("change masks:")
         print(detection_table(detection))
+    vqa = _questions(model, processor, test, data, rows) if model is not None else {}
+    if "vqa" in vqa:
+        print("questions (closed answers; percent):")
+        print(vqa_table(vqa["vqa"]))
+    if "grounding" in vqa:
+        print(grounding_line(vqa["grounding"]))
     html = caption_report(rows, out / "report.html", "changescope demo: what changed?", note=note)
     print(f"[4/4] wrote {html}  ({time.perf_counter() - start:.1f} s)")
     return {
@@ -94,6 +100,7 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
         "check_ok": True,
         "scores": scores,
         "detection": detection,
+        **vqa,
         "report": str(html),
     }
 
@@ -129,6 +136,28 @@ def _model_outputs(model, processor, test) -> tuple[dict[str, str], dict[str, di
             "counts": "; ".join(counts) or "no changed pixels",
         }
     return predictions, visuals, confusion.compute(classes) if confusion else None
+
+
+def _questions(model, processor, test, data: Path, rows: list[dict]) -> dict:
+    """Score every question and grounding query of the demo pairs; put two asked questions (and the true
+    answers) on each pair's row of the report."""
+    from changescope.tasks.queries import load_records
+    from changescope.tasks.vqa import ask_pair, score_queries
+
+    if "vqa" not in model.tasks:
+        return {}
+    records = [r for r in load_records(data, "test") if r.task in model.tasks]
+    by_pair: dict[str, list] = {}
+    for record in records:
+        if record.task == "vqa" and record.qtype in ("count", "change_to_what", "change_or_not"):
+            by_pair.setdefault(record.meta.get("pair"), []).append(record)
+    for row in rows:
+        asked = []
+        for record in by_pair.get(row["id"], [])[-2:]:
+            got = ask_pair(model, processor, row["before"], row["after"], record.question).result
+            asked.append((record.question, f"{got['answer']} (true: {record.answer})"))
+        row["qa"] = asked
+    return score_queries(model, processor, test, records)
 
 
 def _baseline_captions(out: Path, test, seed: int) -> dict[str, str]:

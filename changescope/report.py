@@ -60,6 +60,8 @@ def caption_report(rows: Sequence[dict], out: str | Path, title: str, note: str 
         ]
         if row.get("counts"):
             text.append(f"<p class='counts'>{html.escape(row['counts'])}</p>")
+        for question, answer in row.get("qa", []):
+            text.append(f"<p class='counts'>Q: {html.escape(question)} A: {html.escape(answer)}</p>")
         if refs:
             text.append(f"<div>references:</div><ul class='refs'>{refs}</ul>")
         parts.append(

@@ -54,3 +54,23 @@ def detection_table(result: Mapping) -> str:
         f"OA {_pct(result['OA'])} (percent)"
     )
     return "\n".join(lines)
+
+
+def vqa_table(result: Mapping, baseline: Mapping | None = None) -> str:
+    """Render ``vqa_scores`` output: accuracy per question type, then OA and AA (with a baseline column)."""
+    names = list(result["per_type"])
+    first = max(20, *(len(n) + 2 for n in names))
+    header = f"{'question type':<{first}}{'accuracy':>10}" + (f"{'baseline':>10}" if baseline else "")
+    lines = [header + f"{'questions':>11}"]
+    for name in names:
+        base = f"{_pct(baseline['per_type'].get(name)):>10}" if baseline else ""
+        lines.append(f"{name:<{first}}{_pct(result['per_type'][name]):>10}{base}{result['counts'][name]:>11}")
+    for key in ("OA", "AA"):
+        base = f"{_pct(baseline[key]):>10}" if baseline else ""
+        lines.append(f"{key:<{first}}{_pct(result[key]):>10}{base}{result['n'] if key == 'OA' else '':>11}")
+    return "\n".join(lines)
+
+
+def grounding_line(result: Mapping) -> str:
+    miou, ciou = _pct(result["mIoU"]), _pct(result["cIoU"])
+    return f"grounding: mIoU {miou}  cIoU {ciou} (percent), {result['n']} queries"

@@ -5,6 +5,8 @@
   ``|B - A|`` (downsampled to ``size`` x ``size``) is nearest in L2: a retrieval baseline that sees pixels.
 * ``DifferenceBaseline``: classical change detection, a thresholded pixel difference cleaned with
   morphology, its threshold tuned on training pairs.
+* ``QuestionPrior``: change VQA without looking at the images: the most common training answer of the
+  question's type (the type is given, as CDVQA's and VisTA's per-type priors are).
 """
 
 from __future__ import annotations
@@ -114,3 +116,19 @@ class DifferenceBaseline:
         self.threshold = float(grid[int(np.argmax(inter / np.maximum(union, 1)))])
         self.change_class = int(np.argmax(counts[1:]) + 1)
         return self
+
+
+class QuestionPrior:
+    """The most common training answer per question type; ``answer(qtype)``."""
+
+    def __init__(self, records):
+        counts: dict[str, Counter] = {}
+        for record in records:
+            if record.task == "vqa":
+                counts.setdefault(record.qtype, Counter())[normalize(record.answer)] += 1
+        if not counts:
+            raise ValueError("no vqa records to fit the question prior on")
+        self.answers = {t: min(c, key=lambda a, c=c: (-c[a], a)) for t, c in counts.items()}
+
+    def answer(self, qtype: str) -> str:
+        return self.answers.get(qtype, "")

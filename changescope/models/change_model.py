@@ -3,9 +3,13 @@
 images [B, T, 3, H, W] --backbone (shared weights)--> levels of the first and last date
     --change encoder (last level)--> change tokens [B, N, D] --caption decoder--> caption
     levels + change tokens --mask head--> change-class logits [B, K, H, W]
+    question --question encoder--> tokens --cross attention to change tokens--> type + closed answer
+        (free form: the caption decoder reads [change tokens, question tokens])
+    query --same path--> FiLM on the mask head's fused map --> grounding mask [N, H, W]
 
-A config with ``vocab_size > 0`` gets the caption decoder, one with ``classes`` the mask head; both heads
-read the same change tokens, so one model captions and detects (MCI, Liu et al. 2024).
+A config with ``vocab_size > 0`` gets the caption decoder, one with ``classes`` the mask head, one with
+``answers`` the VQA head, one with ``grounding`` the grounding head; all read the same change tokens, so
+one model captions, detects (MCI, Liu et al. 2024), answers and grounds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from changescope.models.encoders import ENCODERS, build_encoder
 from changescope.models.encoders.layers import to_map
 from changescope.models.heads.caption_decoder import CaptionDecoder
 from changescope.models.heads.mask_head import ChangeMaskHead
+from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
+from changescope.models.question_encoder import build_question_encoder
 
 
 @dataclass
@@ -32,6 +38,19 @@ class ChangeOutput:
     caption_logits: Tensor | None = None
     #: change-class logits ``[B, K, H, W]`` when the model has a mask head
     mask_logits: Tensor | None = None
+    #: the mask head's fused change map ``[B, C, h, w]`` (what grounding reads), when asked for
+    pixels: Tensor | None = None
+
+
+@dataclass
+class QueryOutput:
+    #: question-aware tokens ``[N, L, D]`` and their padding mask ``[N, L]`` (True = padding)
+    tokens: Tensor
+    pad: Tensor
+    #: their masked mean ``[N, D]``
+    pooled: Tensor
+    #: which pair of the batch each query is about ``[N]``
+    pair_index: Tensor
 
 
 class ChangeModel(nn.Module):
@@ -39,8 +58,8 @@ class ChangeModel(nn.Module):
         super().__init__()
         if 0 < config.vocab_size < 5:
             raise ValueError("config.vocab_size must count the 4 special tokens and at least one word")
-        if not config.vocab_size and not config.classes:
-            raise ValueError("a change model needs a caption vocabulary, mask classes, or both")
+        if not (config.vocab_size or config.classes or config.answers or config.grounding):
+            raise ValueError("a change model needs a caption vocabulary, mask classes, answers or grounding")
         self.config = config
         self.single_stream = getattr(ENCODERS.get(config.encoder), "single_stream", False)
         self.backbone = Backbone(
@@ -64,17 +83,45 @@ class ChangeModel(nn.Module):
                 two_stream=not self.single_stream,
                 **config.mask_head_kwargs,
             )
-            if config.classes
+            if config.classes or config.grounding
             else None
         )
+        d_model = self.encoder.out_dim
+        asks = bool(config.answers or config.grounding)
+        self.question_encoder = (
+            build_question_encoder(config.question_encoder, **config.question_kwargs) if asks else None
+        )
+        self.fusion = (
+            QueryFusion(self.question_encoder.out_dim, d_model, **config.query_kwargs) if asks else None
+        )
+        self.answer_head = (
+            AnswerHead(d_model, len(config.qtypes), len(config.answers)) if config.answers else None
+        )
+        self.grounding_head = GroundingHead(d_model, self.mask_head.channels) if config.grounding else None
+        if config.answers:
+            allowed = torch.zeros(len(config.qtypes), len(config.answers), dtype=torch.bool)
+            for qtype, ids in config.answer_types.items():
+                allowed[config.qtypes.index(qtype), ids] = True
+            self.register_buffer("allowed_answers", allowed, persistent=False)
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(t for t, head in (("caption", self.decoder), ("mask", self.mask_head)) if head)
+        heads = (
+            ("caption", self.decoder),
+            ("mask", self.config.classes),
+            ("vqa", self.answer_head),
+            ("grounding", self.grounding_head),
+        )
+        return tuple(t for t, head in heads if head)
 
     def require(self, task: str) -> None:
         if task not in self.tasks:
-            what = {"caption": "caption decoder", "mask": "change-mask head"}[task]
+            what = {
+                "caption": "caption decoder",
+                "mask": "change-mask head",
+                "vqa": "question-answering head",
+                "grounding": "grounding head",
+            }[task]
             raise ChangescopeError(f"this model has no {what} (it was trained for: {', '.join(self.tasks)})")
 
     # -- features -----------------------------------------------------------------------------------
@@ -117,10 +164,12 @@ class ChangeModel(nn.Module):
         *,
         features: list[Tensor] | None = None,
         masks: bool = True,
+        pixels: bool = False,
     ) -> ChangeOutput:
         """Run the model on ``images`` ``[B, T, 3, H, W]`` in [0, 1], or on cached ``features``
         (:meth:`backbone_features` output, for a frozen backbone). ``tokens`` ``[B, L]`` (``<start>``
-        first) adds teacher-forced caption logits; ``masks=False`` skips the mask head."""
+        first) adds teacher-forced caption logits; ``masks=False`` skips the mask head; ``pixels=True``
+        keeps the fused change map for :meth:`ground`."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features, not both")
         levels = self.levels(images) if features is None else features
@@ -129,11 +178,57 @@ class ChangeModel(nn.Module):
         if tokens is not None:
             self.require("caption")
             out.caption_logits = self.decoder(memory, tokens)
-        if masks and self.mask_head is not None:
-            size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
+        run_mask = masks and self.mask_head is not None and self.mask_head.classifier is not None
+        if run_mask or (pixels and self.mask_head is not None):
             h, w = levels[-1].shape[-2:]
-            out.mask_logits = self.mask_head(levels, tuple(size), context=to_map(memory, h, w))
+            fused = self.mask_head.decode(levels, context=to_map(memory, h, w))
+            out.pixels = fused if pixels else None
+            if run_mask:
+                size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
+                out.mask_logits = self.mask_head.classify(fused, tuple(size))
         return out
+
+    # -- questions and grounding queries --------------------------------------------------------------
+
+    def read_queries(self, memory: Tensor, texts: list[str], pair_index: Tensor) -> QueryOutput:
+        """Encode questions / queries and let them attend to the change tokens of their pair
+        (``pair_index[i]`` = row of ``memory`` that ``texts[i]`` is about)."""
+        if self.fusion is None:
+            raise ChangescopeError("this model reads no questions (it has no VQA or grounding head)")
+        text, pad = self.question_encoder(texts, device=memory.device)
+        tokens, pooled = self.fusion(text, pad, memory[pair_index])
+        return QueryOutput(tokens, pad, pooled, pair_index)
+
+    def answer_logits(self, query: QueryOutput) -> tuple[Tensor, Tensor]:
+        """Question-type logits ``[N, types]`` and closed-answer logits ``[N, answers]``."""
+        self.require("vqa")
+        return self.answer_head(query.pooled)
+
+    def pick_answers(self, type_logits: Tensor, answer_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per question: the predicted type, the best answer among those seen with that type (-1 for a type
+        with none, e.g. "open") and a confidence = P(type) x P(answer | answers of the type)."""
+        type_probs = type_logits.float().softmax(-1)
+        type_conf, types = type_probs.max(-1)
+        allowed = self.allowed_answers[types]
+        scores = answer_logits.float().masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        answer_conf, answers = scores.max(-1)
+        answers = torch.where(allowed.any(-1), answers, torch.full_like(answers, -1))
+        return types, answers, type_conf * answer_conf
+
+    def free_form_memory(self, memory: Tensor, query: QueryOutput) -> tuple[Tensor, Tensor]:
+        """What the caption decoder reads to answer in free form: the pair's change tokens followed by the
+        question-aware tokens, and the mask of valid positions (``[N, M + L]``, True = attend)."""
+        self.require("caption")
+        rows = memory[query.pair_index]
+        keep = torch.ones(rows.shape[:2], dtype=torch.bool, device=rows.device)
+        return torch.cat([rows, query.tokens], dim=1), torch.cat([keep, ~query.pad], dim=1)
+
+    def ground(self, out: ChangeOutput, query: QueryOutput, size: tuple[int, int]) -> Tensor:
+        """Grounding logits ``[N, *size]`` (> 0: the pixel is what the query asks for)."""
+        self.require("grounding")
+        if out.pixels is None:
+            raise ValueError("run forward(..., pixels=True) before grounding")
+        return self.grounding_head(out.pixels[query.pair_index], query.pooled, size)
 
     @torch.no_grad()
     def generate(self, images: Tensor, **decoding) -> list[list[int]]:

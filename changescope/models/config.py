@@ -34,12 +34,26 @@ class ModelConfig:
     #: change-mask class names, index = class id (0 = no change); empty = no mask head
     classes: list[str] = field(default_factory=list)
     mask_head_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: closed answers of the VQA head, index = answer id; empty = no VQA head
+    answers: list[str] = field(default_factory=list)
+    #: question types the VQA head tells apart ("open": answered in free form by the caption decoder)
+    qtypes: list[str] = field(default_factory=list)
+    #: question type -> ids of the answers seen with it in training (inference picks among them)
+    answer_types: dict[str, list[int]] = field(default_factory=dict)
+    #: a text-conditioned grounding mask head
+    grounding: bool = False
+    #: "minilm" (all-MiniLM-L6-v2) or "words" (hashed word embeddings); used by the VQA / grounding heads
+    question_encoder: str = "minilm"
+    question_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: QueryFusion options (num_layers, num_heads, dropout)
+    query_kwargs: dict[str, Any] = field(default_factory=dict)
     #: the paper (or papers) this architecture follows, and where it differs
     reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["classes"] = list(self.classes)
+        out["answers"], out["qtypes"] = list(self.answers), list(self.qtypes)
         out["out_indices"] = None if self.out_indices is None else list(self.out_indices)
         return {"format": CONFIG_FORMAT, **out}
 
@@ -52,8 +66,9 @@ class ModelConfig:
         if unknown:
             raise DataError(source, f"unknown config keys {unknown} (written by a newer changescope?)")
         values = {k: v for k, v in obj.items() if k in known}
-        if values.get("classes") is not None:
-            values["classes"] = list(values["classes"])
+        for key in ("classes", "answers", "qtypes"):
+            if values.get(key) is not None:
+                values[key] = list(values[key])
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
         return cls(**values)

@@ -110,6 +110,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# the same model with hashed word embeddings for questions: no `transformers` dependency
+PRESETS["lite-words"] = {
+    **copy.deepcopy(PRESETS["lite"]),
+    "question_encoder": "words",
+    "question_kwargs": {"buckets": 4096, "dim": 256},
+    "reference": PRESETS["lite"]["reference"] + " Questions read by hashed word embeddings and one "
+    "transformer layer instead of all-MiniLM-L6-v2.",
+}
+
 # MCI's caption branch is `bicross`; the full model adds the change-mask head on the same features
 PRESETS["mci"] = {
     **copy.deepcopy(PRESETS["bicross"]),

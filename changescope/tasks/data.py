@@ -125,6 +125,10 @@ def collate_pairs(items: list[dict[str, Any]], processor: ChangeProcessor) -> di
         batch["mask"] = torch.stack([i["mask"] for i in items]).long()
     if "caption" in items[0]:
         batch["tokens"] = processor.encode_captions([i["caption"] for i in items])
+    if "vqa" in items[0]:
+        from changescope.tasks.queries import collate_queries
+
+        collate_queries(items, batch, processor.image_size)
     return batch
 
 
@@ -148,14 +152,22 @@ def caption_loader(
     model=None,
     masks: bool = False,
     captions: bool = True,
+    queries=None,
+    questions: int = 3,
+    open_prompts: bool = False,
 ) -> DataLoader:
     """Batches of a split (with change masks if ``masks``; one drawn caption per training pair if
-    ``captions``); with ``model`` whose features can be cached, of precomputed features."""
+    ``captions``; each pair's questions and grounding queries if ``queries``, see ``WithQueries``); with
+    ``model`` whose features can be cached, of precomputed features."""
     generator = torch.Generator().manual_seed(seed)
     pairs = CaptionPairs(dataset, processor, train=train, seed=seed, masks=masks, captions=captions)
     if model is not None and model.can_cache_features:
         pairs = CachedFeatures.compute(model, pairs, batch_size, train=train, seed=seed)
         num_workers = 0
+    if queries is not None:
+        from changescope.tasks.queries import WithQueries
+
+        pairs = WithQueries(pairs, queries, processor, train, seed, questions, open_prompts)
     return DataLoader(
         pairs,
         batch_size=batch_size,

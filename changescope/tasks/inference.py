@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from changescope.data.imageio import IMAGE_SUFFIXES, image_size
-from changescope.data.readers import open_dataset
 from changescope.errors import DataError
 from changescope.fileio import atomic_path
 from changescope.models.change_model import ChangeModel
@@ -70,18 +69,19 @@ def caption_split(model, processor, dataset, decoding: Decoding) -> dict[str, st
 
 
 def iter_predictions(
-    model, processor, dataset, decoding: Decoding, masks: bool = True
+    model, processor, dataset, decoding: Decoding, masks: bool = True, captions: bool = True
 ) -> Iterator[tuple[dict, str | None, torch.Tensor | None]]:
     """``(sample, caption, mask)`` for every pair of a dataset, one backbone pass per batch: the caption
     when the model has a decoder, the class-id mask when ``masks`` and it has a mask head. Masks come at
     the sample's label size (its image size when unlabelled): logits are upsampled bilinearly before argmax.
     """
-    masks = masks and model.mask_head is not None
+    masks = masks and "mask" in model.tasks
+    captions = captions and model.decoder is not None
     for indices in _batches(list(range(len(dataset))), decoding.batch_size):
         samples = [dataset[i] for i in indices]
         out = model(torch.stack([processor.resize(s["image"]) for s in samples]), masks=masks)
         texts: list[str | None] = [None] * len(samples)
-        if model.decoder is not None:
+        if captions:
             texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
         for i, sample in enumerate(samples):
             mask = None
@@ -93,16 +93,16 @@ def iter_predictions(
 
 
 def predict_split(
-    model, processor, dataset, decoding: Decoding, masks: bool = True
+    model, processor, dataset, decoding: Decoding, masks: bool = True, captions: bool = True
 ) -> tuple[dict[str, str], Any]:
     """Captions by pair id (if the model has a decoder) and a change-mask confusion matrix (if ``masks``
     and the model has a mask head) over every labelled pair of a split."""
     from changescope.metrics.segmentation import ConfusionMatrix
 
-    masks = masks and model.mask_head is not None
+    masks = masks and "mask" in model.tasks
     confusion = ConfusionMatrix(len(model.config.classes)) if masks else None
     predictions: dict[str, str] = {}
-    for sample, text, mask in iter_predictions(model, processor, dataset, decoding, masks):
+    for sample, text, mask in iter_predictions(model, processor, dataset, decoding, masks, captions):
         if text is not None:
             predictions[sample["id"]] = text
         if confusion is not None and "mask" in sample:
@@ -119,26 +119,38 @@ def evaluate(
     meteor: bool | None = None,
     predictions_out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Caption and / or segment every pair of ``split`` and score it: caption keys as ``score`` gives them,
-    and under ``detection`` the change-mask scores (when the model has a mask head and the data masks)."""
+    """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
+    gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type) and ``grounding`` (mIoU, cIoU)."""
     from changescope.metrics.score import score_dataset
+    from changescope.tasks.queries import open_pairs
+    from changescope.tasks.vqa import score_queries
 
     decoding = decoding or Decoding()
     model, processor, path = load(spec)
-    dataset = open_dataset(data, split=split, format=format)
-    with_masks = model.mask_head is not None and dataset.has_masks
+    dataset, records = open_pairs(data, split, format)
+    records = [r for r in records if r.task in model.tasks]
+    with_masks = "mask" in model.tasks and dataset.has_masks
+    with_captions = model.decoder is not None and any(e.captions for e in dataset.entries)
     if with_masks and list(dataset.classes) != list(model.config.classes):
         raise DataError(
             data,
             f"the data's mask classes {list(dataset.classes)} differ from the model's "
             f"{list(model.config.classes)}",
         )
-    if model.decoder is None and not with_masks:
-        raise DataError(data, "the model only predicts change masks and this dataset has none to score")
-    with torch.inference_mode():
-        predictions, confusion = predict_split(model, processor, dataset, decoding, masks=with_masks)
+    if not (with_captions or with_masks or records):
+        raise DataError(
+            data,
+            "this split has nothing the model can be scored on "
+            f"(it was trained for: {', '.join(model.tasks)})",
+        )
+    predictions, confusion = {}, None
+    if with_captions or with_masks:
+        with torch.inference_mode():
+            predictions, confusion = predict_split(
+                model, processor, dataset, decoding, masks=with_masks, captions=with_captions
+            )
     result: dict[str, Any] = {}
-    if model.decoder is not None:
+    if with_captions:
         if predictions_out is not None:
             write_jsonl(predictions_out, ({"id": k, "caption": v} for k, v in predictions.items()))
         result.update(score_dataset(predictions, dataset, data, meteor=meteor))
@@ -147,6 +159,8 @@ def evaluate(
             **confusion.compute(model.config.classes),
             "classes": list(model.config.classes),
         }
+    if records:
+        result.update(score_queries(model, processor, dataset, records, decoding.batch_size))
     training = path / "training.json"
     result.update(
         {

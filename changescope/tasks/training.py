@@ -8,15 +8,20 @@ The run directory ``OUT`` holds::
     OUT/checkpoints/last.ckpt  the full training state at the end of the last finished epoch (for --resume)
     OUT/metrics.jsonl          one line per epoch: training loss and validation metrics (kept across --resume)
 
-Tasks: ``caption``, ``mask`` or both. By default a preset with a mask head trains both on data with masks,
-and captions alone otherwise. The loss is ``caption cross-entropy + mask_weight * (mask cross-entropy +
-dice_weight * soft Dice)``.
+Tasks: ``caption``, ``mask``, ``vqa``, ``grounding``, in any combination. By default a preset with a mask
+head trains captions and masks on data with both, captions alone on caption data, and vqa (plus grounding
+when there are grounding records) on question-only data such as CDVQA; ``--tasks caption,mask,vqa,grounding``
+trains one model for everything. The loss is ``caption cross-entropy + mask_weight * (mask cross-entropy +
+dice_weight * soft Dice) + vqa_weight * (type CE + answer CE + free_form_weight * free-form answer CE) +
+grounding_weight * (BCE + dice_weight * Dice)``. ``--init MODEL`` starts from a saved model's weights (every
+tensor whose name and shape match; a grown vocabulary keeps its old rows).
 
 Model selection: the validation split is captioned greedily after every epoch and scored by pycocoevalcap
-(without METEOR, to keep the JVM out of the loop), and its masks are scored by a confusion matrix; the best
-epoch by ``monitor`` is exported, and training stops early after ``patience`` epochs without improvement.
-The default monitor is CIDEr-D for captions, mIoU without background for masks, and their sum
-(``CIDEr-D+mIoU_no_bg``, CIDEr-D as a fraction) for both.
+(without METEOR, to keep the JVM out of the loop), its masks by a confusion matrix, its questions by
+accuracy (OA, AA) and its grounding queries by IoU; the best epoch by ``monitor`` is exported, and training
+stops early after ``patience`` epochs without improvement. The default monitor is the sum of each trained
+task's main metric (CIDEr-D as a fraction, mIoU without background, vqa_OA, grounding_mIoU), e.g.
+``CIDEr-D+mIoU_no_bg`` for captions and masks.
 """
 
 from __future__ import annotations
@@ -29,25 +34,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from changescope.data.readers import open_dataset
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
 from changescope.fileio import write_json_atomic, write_text_atomic
 from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.heads.mask_head import mask_loss
+from changescope.models.heads.query_heads import grounding_loss
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
 from changescope.tasks.data import IGNORE_INDEX, caption_loader
+from changescope.tasks.queries import OPEN, attach, open_pairs
 
 pl = require("lightning.pytorch", "train", "training")
 
 CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg")
-MONITORS = (*CAPTION_MONITORS, *MASK_MONITORS, "CIDEr-D+mIoU_no_bg")
-TASKS = ("caption", "mask")
+VQA_MONITORS = ("vqa_OA", "vqa_AA")
+GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
+#: metric -> the task that produces it
+METRIC_TASK = {
+    **{m: "caption" for m in CAPTION_MONITORS},
+    **{m: "mask" for m in MASK_MONITORS},
+    **{m: "vqa" for m in VQA_MONITORS},
+    **{m: "grounding" for m in GROUNDING_MONITORS},
+}
+MONITORS = tuple(METRIC_TASK)
+PRIMARY = {"caption": "CIDEr-D", "mask": "mIoU_no_bg", "vqa": "vqa_OA", "grounding": "grounding_mIoU"}
+TASKS = tuple(PRIMARY)
 
 
 def parse_tasks(value: str | None) -> tuple[str, ...] | None:
@@ -57,12 +74,23 @@ def parse_tasks(value: str | None) -> tuple[str, ...] | None:
     tasks = tuple(t.strip() for t in value.replace("+", ",").split(",") if t.strip())
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
-        raise ChangescopeError(f"--tasks takes caption, mask or caption,mask; got {value!r}")
+        raise ChangescopeError(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}; got {value!r}")
     return tuple(t for t in TASKS if t in tasks)
 
 
 def default_monitor(tasks: tuple[str, ...]) -> str:
-    return {("caption",): "CIDEr-D", ("mask",): "mIoU_no_bg"}.get(tasks, "CIDEr-D+mIoU_no_bg")
+    return "+".join(PRIMARY[t] for t in tasks)
+
+
+def parse_monitor(monitor: str) -> list[str]:
+    """A metric, or a sum of metrics joined by '+' (``CIDEr-D+mIoU_no_bg``)."""
+    parts = monitor.split("+")
+    bad = [p for p in parts if p not in METRIC_TASK]
+    if bad:
+        raise ChangescopeError(
+            f"--monitor takes one of {', '.join(MONITORS)} or a sum of them joined by '+'; got {monitor!r}"
+        )
+    return parts
 
 
 @dataclass
@@ -87,6 +115,16 @@ class TrainOptions:
     tasks: str | None = None
     mask_weight: float = 1.0
     dice_weight: float = 1.0
+    vqa_weight: float = 1.0
+    grounding_weight: float = 1.0
+    #: weight of the free-form (caption decoder) answer loss within the vqa loss
+    free_form_weight: float = 0.5
+    #: questions drawn per pair per visit in training
+    questions_per_pair: int = 3
+    #: "minilm" or "words": overrides the preset's question encoder
+    question_encoder: str | None = None
+    #: a saved model to start from (weights whose names and shapes match)
+    init: str | None = None
     num_workers: int = 0
     limit_pairs: int | None = None
     #: precompute frozen backbone features once (ignored when the backbone trains)
@@ -107,9 +145,9 @@ class TrainOptions:
         if not self.data or not self.out:
             raise ChangescopeError("training needs --data and --out")
         parse_tasks(self.tasks)
-        if self.monitor is not None and self.monitor not in MONITORS:
-            raise ChangescopeError(f"--monitor must be one of {', '.join(MONITORS)}")
-        for name in ("epochs", "batch_size", "min_freq", "devices"):
+        if self.monitor is not None:
+            parse_monitor(self.monitor)
+        for name in ("epochs", "batch_size", "min_freq", "devices", "questions_per_pair"):
             if getattr(self, name) < 1:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
 
@@ -131,18 +169,24 @@ class ChangeTask(pl.LightningModule):
         self._references: dict[str, list[str]] = {}
         self._changed: dict[str, bool] = {}
         self._confusion = None
+        self._answers: dict[tuple, tuple[str, str, str]] = {}  # (pair id, k) -> (predicted, truth, type)
+        self._ious: list[tuple[float, int, int]] = []  # (IoU, intersection, union) per grounding query
         self._train_losses: list[torch.Tensor] = []
+        self.tasks = tuple(parse_tasks(options.tasks) or self.model.tasks)
+        self._answer_ids = {a: i for i, a in enumerate(config.answers)}
+        self._type_ids = {t: i for i, t in enumerate(config.qtypes)}
 
     def _forward(self, batch):
+        pixels = "grounding" in self.tasks
         if "features" in batch:
-            return self.model(features=batch["features"])
-        return self.model(batch["image"])
+            return self.model(features=batch["features"], pixels=pixels)
+        return self.model(batch["image"], pixels=pixels)
 
     def training_step(self, batch, batch_idx):
         out = self._forward(batch)
         size = len(batch["id"])
         loss = torch.zeros((), device=out.memory.device)
-        if self.model.decoder is not None:
+        if "caption" in self.tasks:
             caption_loss = self.model.decoder.loss(out.memory, batch["tokens"])
             self.log("train/caption_loss", caption_loss, batch_size=size)
             loss = loss + caption_loss
@@ -150,19 +194,66 @@ class ChangeTask(pl.LightningModule):
             masks = mask_loss(out.mask_logits, batch["mask"], IGNORE_INDEX, self.options.dice_weight)
             self.log("train/mask_loss", masks, batch_size=size)
             loss = loss + self.options.mask_weight * masks
+        if "vqa" in self.tasks and batch["questions"]:
+            vqa = self._vqa_loss(out, batch)
+            self.log("train/vqa_loss", vqa, batch_size=size)
+            loss = loss + self.options.vqa_weight * vqa
+        if "grounding" in self.tasks and batch["g_queries"]:
+            query = self.model.read_queries(
+                out.memory, batch["g_queries"], batch["g_pair"].to(out.memory.device)
+            )
+            logits = self.model.ground(out, query, batch["g_masks"].shape[-2:])
+            ground = grounding_loss(logits, batch["g_masks"], self.options.dice_weight)
+            self.log("train/grounding_loss", ground, batch_size=size)
+            loss = loss + self.options.grounding_weight * ground
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self._train_losses.append(loss.detach())
+        return loss
+
+    def _vqa_loss(self, out, batch) -> torch.Tensor:
+        """Type CE + closed-answer CE (open questions have no closed answer) + free-form answer CE."""
+        device = out.memory.device
+        query = self.model.read_queries(out.memory, batch["questions"], batch["q_pair"].to(device))
+        type_logits, answer_logits = self.model.answer_logits(query)
+        types = torch.tensor([self._type_ids.get(t, -100) for t in batch["qtypes"]], device=device)
+        answers = torch.tensor([self._answer_ids.get(a, -100) for a in batch["answers"]], device=device)
+        answers[types == self._type_ids.get(OPEN, -1)] = -100
+        loss = F.cross_entropy(type_logits, types, ignore_index=-100)
+        if (answers >= 0).any():
+            loss = loss + F.cross_entropy(answer_logits, answers, ignore_index=-100)
+        if self.model.decoder is not None and self.options.free_form_weight > 0:
+            memory, mask = self.model.free_form_memory(out.memory, query)
+            tokens = self.processor.encode_captions(batch["answers"]).to(device)
+            loss = loss + self.options.free_form_weight * self.model.decoder.loss(memory, tokens, mask)
         return loss
 
     def validation_step(self, batch, batch_idx):
         from changescope.metrics.segmentation import ConfusionMatrix
 
         out = self._forward(batch)
-        if out.mask_logits is not None:
+        device = out.memory.device
+        if "vqa" in self.tasks and batch["questions"]:
+            query = self.model.read_queries(out.memory, batch["questions"], batch["q_pair"].to(device))
+            _, answers, _ = self.model.pick_answers(*self.model.answer_logits(query))
+            seen: dict[int, int] = {}
+            for pair, answer, truth, qtype in zip(
+                batch["q_pair"].tolist(), answers.tolist(), batch["answers"], batch["qtypes"], strict=True
+            ):
+                k = seen[pair] = seen.get(pair, -1) + 1
+                text = self.model.config.answers[answer] if answer >= 0 else ""
+                self._answers[(batch["id"][pair], k)] = (text, truth, qtype)
+        if "grounding" in self.tasks and batch["g_queries"]:
+            query = self.model.read_queries(out.memory, batch["g_queries"], batch["g_pair"].to(device))
+            pred = self.model.ground(out, query, batch["g_masks"].shape[-2:]) > 0
+            target = batch["g_masks"].to(device).bool()
+            inter = (pred & target).flatten(1).sum(1).tolist()
+            union = (pred | target).flatten(1).sum(1).tolist()
+            self._ious += [(i / u if u else 1.0, i, u) for i, u in zip(inter, union, strict=True)]
+        if "mask" in self.tasks and out.mask_logits is not None:
             if self._confusion is None:
                 self._confusion = ConfusionMatrix(len(self.model.config.classes), ignore_index=IGNORE_INDEX)
             self._confusion.update(out.mask_logits.argmax(1), batch["mask"])
-        if self.model.decoder is None:
+        if "caption" not in self.tasks:
             return
         sequences = self.model.decoder.generate(out.memory, beam_size=1)
         for pair_id, text, refs, changed in zip(
@@ -188,11 +279,15 @@ class ChangeTask(pl.LightningModule):
         if self.trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
             return
         shards: list = [None] * dist.get_world_size()
-        dist.all_gather_object(shards, (self._predictions, self._references, self._changed))
-        for predictions, references, changed in shards:
+        state = (self._predictions, self._references, self._changed, self._answers, self._ious)
+        dist.all_gather_object(shards, state)
+        self._ious = []
+        for predictions, references, changed, answers, ious in shards:
             self._predictions.update(predictions)
             self._references.update(references)
             self._changed.update(changed)
+            self._answers.update(answers)
+            self._ious += ious
         if self._confusion is not None:
             dist.all_reduce(self._confusion.matrix)
 
@@ -209,12 +304,29 @@ class ChangeTask(pl.LightningModule):
             scores = self._confusion.compute(self.model.config.classes)
             values.update({k: float(scores[k]) for k in MASK_MONITORS if scores[k] is not None})
             self._confusion = None
-        if "CIDEr-D" in values and "mIoU_no_bg" in values:
-            values["CIDEr-D+mIoU_no_bg"] = values["CIDEr-D"] + values["mIoU_no_bg"]
+        if self._answers:
+            from changescope.metrics.vqa import vqa_scores
+
+            rows = self._answers
+            scores = vqa_scores(
+                {k: r[0] for k, r in rows.items()},
+                {k: r[1] for k, r in rows.items()},
+                {k: r[2] for k, r in rows.items()},
+            )
+            values["vqa_OA"], values["vqa_AA"] = scores["OA"], scores["AA"]
+            self._answers = {}
+        if self._ious:
+            values["grounding_mIoU"] = sum(r[0] for r in self._ious) / len(self._ious)
+            union = sum(r[2] for r in self._ious)
+            values["grounding_cIoU"] = sum(r[1] for r in self._ious) / union if union else 1.0
+            self._ious = []
+        monitor = self.options.monitor or ""
+        if "+" in monitor and all(part in values for part in monitor.split("+")):
+            values[monitor] = sum(values[part] for part in monitor.split("+"))
         # under DDP every rank holds the same gathered values: syncing averages equal numbers
         distributed = self.trainer.world_size > 1
         for key, value in values.items():
-            bar = key in ("BLEU-4", "CIDEr-D", "mIoU_no_bg")
+            bar = key in ("CIDEr-D", "mIoU_no_bg", "vqa_OA", "grounding_mIoU")
             self.log(f"val/{key}", value, prog_bar=bar, sync_dist=distributed)
 
     def _caption_scores(self) -> dict[str, float]:
@@ -321,24 +433,78 @@ class MetricsLog(pl.Callback):
         self.rows = list(state["rows"])
 
 
-def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabulary | None]:
-    """A new run: tasks, vocabulary (train split) and model config; all recorded in run.json."""
-    train_ds = open_dataset(options.data, "train", options.format, check_files=False)
-    captions = [c for e in train_ds.entries for c in e.captions]
+def _default_tasks(options: TrainOptions, train_ds, records, captions) -> tuple[str, ...]:
     preset_has_masks = bool(build_config(options.preset, 0).mask_head_kwargs)
-    tasks = parse_tasks(options.tasks) or (
-        ("caption", "mask") if preset_has_masks and train_ds.has_masks and captions else None
-    )
-    tasks = tasks or (("caption",) if captions else ("mask",))
-    if "mask" in tasks and not train_ds.has_masks:
-        raise DataError(
-            options.data,
-            f"this {type(train_ds).__name__} dataset has no change masks; train with --tasks caption",
-        )
-    if "caption" in tasks and not captions:
-        raise DataError(options.data, "the train split has no captions; train with --tasks mask")
-    vocab = Vocabulary.build(captions, min_freq=options.min_freq) if "caption" in tasks else None
+    tasks = []
+    if captions:
+        tasks.append("caption")
+        if preset_has_masks and train_ds.has_masks:
+            tasks.append("mask")
+    elif any(r.task == "vqa" for r in records):
+        tasks.append("vqa")
+        if any(r.task == "grounding" for r in records):
+            tasks.append("grounding")
+    elif train_ds.has_masks:
+        tasks.append("mask")
+    return tuple(tasks)
+
+
+def _check_tasks(options: TrainOptions, tasks, train_ds, records, captions) -> None:
+    have = {
+        "caption": bool(captions),
+        "mask": train_ds.has_masks,
+        "vqa": any(r.task == "vqa" for r in records),
+        "grounding": any(r.task == "grounding" for r in records),
+    }
+    what = {
+        "caption": "captions",
+        "mask": "change masks",
+        "vqa": "question records",
+        "grounding": "grounding records",
+    }
+    for task in tasks:
+        if not have[task]:
+            others = ",".join(t for t in TASKS if have[t]) or "nothing"
+            raise DataError(
+                options.data, f"the train split has no {what[task]} for --tasks {task} (it has: {others})"
+            )
+
+
+def _answer_space(records) -> tuple[list[str], list[str], dict[str, list[int]]]:
+    """Closed answers, question types and which answers each type took, from the train records."""
+    vqa = [r for r in records if r.task == "vqa"]
+    answers = sorted({r.answer for r in vqa})
+    qtypes = sorted({r.qtype for r in vqa})
+    index = {a: i for i, a in enumerate(answers)}
+    answer_types = {t: sorted({index[r.answer] for r in vqa if r.qtype == t}) for t in qtypes}
+    return answers, qtypes, answer_types
+
+
+def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabulary | None]:
+    """A new run: tasks, vocabulary and answers (train split) and model config; all recorded in run.json."""
+    train_ds, records = open_pairs(options.data, "train", options.format, check_files=False)
+    captions = [c for e in train_ds.entries for c in e.captions]
+    tasks = parse_tasks(options.tasks) or _default_tasks(options, train_ds, records, captions)
+    if not tasks:
+        raise DataError(options.data, "the train split has no captions, masks or question records to learn")
+    _check_tasks(options, tasks, train_ds, records, captions)
     overrides = dict(options.overrides)
+    if "vqa" in tasks:
+        answers, qtypes, answer_types = _answer_space(records)
+        if "caption" in tasks:
+            qtypes.append(OPEN)  # description prompts, answered by the caption decoder
+            answer_types[OPEN] = []
+        overrides.update(answers=answers, qtypes=qtypes, answer_types=answer_types)
+    overrides["grounding"] = "grounding" in tasks
+    if options.question_encoder is not None:
+        overrides["question_encoder"] = options.question_encoder
+    vocab = None
+    if "caption" in tasks:
+        # free-form answers are decoded with the caption vocabulary, so it holds the answers' words too
+        texts = captions + [r.answer for r in records if r.task == "vqa"]
+        vocab = Vocabulary.build(texts, min_freq=options.min_freq)
+        if options.init:
+            vocab = _extend_init_vocab(options.init, vocab)
     if options.image_size is not None:
         overrides["image_size"] = options.image_size
     if options.pretrained is not None:
@@ -347,10 +513,9 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
     config = build_config(options.preset, len(vocab) if vocab else 0, **overrides)
     options.tasks = ",".join(tasks)
     options.monitor = options.monitor or default_monitor(tasks)
-    needs = {"CIDEr-D+mIoU_no_bg": {"caption", "mask"}, **{m: {"caption"} for m in CAPTION_MONITORS}}
-    missing = needs.get(options.monitor, {"mask"}) - set(tasks)
+    missing = {METRIC_TASK[m] for m in parse_monitor(options.monitor)} - set(tasks)
     if missing:
-        raise ChangescopeError(f"--monitor {options.monitor} needs the {' and '.join(missing)} task")
+        raise ChangescopeError(f"--monitor {options.monitor} needs the {' and '.join(sorted(missing))} task")
     write_json_atomic(
         out / "run.json",
         {
@@ -360,6 +525,52 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
         },
     )
     return config, vocab
+
+
+def _extend_init_vocab(init: str, vocab: Vocabulary) -> Vocabulary:
+    """The init model's words first (so its embedding rows keep their ids), then the new ones."""
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(init) / "vocab.json"
+    if not path.is_file():
+        return vocab
+    old = Vocabulary.load(path)
+    words = old.itos[4:]
+    known = set(words)
+    return Vocabulary(words + [w for w in vocab.itos[4:] if w not in known], min_freq=vocab.min_freq)
+
+
+def load_init_weights(model: ChangeModel, init: str) -> dict[str, int]:
+    """Copy a saved model's tensors into ``model`` where names match: equal shapes whole, and a grown
+    first dimension (a vocabulary with appended words) row by row. Returns counts for the log."""
+    from safetensors.torch import load_file
+
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(init) / "model.safetensors"
+    if not path.is_file():
+        raise DataError(path, "--init needs a saved model (model.safetensors not found)")
+    saved = load_file(str(path))
+    state = model.state_dict()
+    counts = {"copied": 0, "grown": 0, "skipped": 0, "new": 0}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            old = saved.get(name)
+            if old is None:
+                counts["new"] += 1
+            elif old.shape == tensor.shape:
+                tensor.copy_(old.to(tensor.dtype))
+                counts["copied"] += 1
+            elif (
+                old.dim() == tensor.dim()
+                and old.shape[1:] == tensor.shape[1:]
+                and old.shape[0] < tensor.shape[0]
+            ):
+                tensor[: old.shape[0]].copy_(old.to(tensor.dtype))
+                counts["grown"] += 1
+            else:
+                counts["skipped"] += 1
+    return counts
 
 
 def _load_run(out: Path) -> tuple[TrainOptions, ModelConfig, Vocabulary]:
@@ -402,14 +613,22 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
         config, vocab = _prepare_run(options, out)
 
     pl.seed_everything(options.seed, workers=True, verbose=False)
-    dataset_cls = type(open_dataset(options.data, "val", options.format, check_files=False))
-    task = ChangeTask(config, vocab, options, tuple(dataset_cls.no_change_sentences))
-    tasks = task.model.tasks
+    val_ds, _ = open_pairs(options.data, "val", options.format, check_files=False)
+    task = ChangeTask(config, vocab, options, tuple(val_ds.no_change_sentences))
+    tasks = task.tasks
+    if options.init and not resume and launched_rank == 0:
+        counts = load_init_weights(task.model, options.init)
+        print(f"--init {options.init}: {counts}", flush=True)
 
     def loader(split: str, train_mode: bool):
-        dataset = open_dataset(options.data, split, options.format)
+        dataset, records = open_pairs(options.data, split, options.format)
         if options.limit_pairs:
             dataset.entries = dataset.entries[: options.limit_pairs]
+            keys = {str(e.images[0].resolve()) for e in dataset.entries}
+            records = [r for r in records if str(Path(r.images[0]["path"]).resolve()) in keys]
+        queries = None
+        if "vqa" in tasks or "grounding" in tasks:
+            queries = attach(dataset.entries, [r for r in records if r.task in tasks], options.data)
         model = task.model if options.cache_features else None
         return caption_loader(
             dataset,
@@ -421,6 +640,9 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
             model,
             masks="mask" in tasks,
             captions="caption" in tasks,
+            queries=queries,
+            questions=options.questions_per_pair,
+            open_prompts="vqa" in tasks and "caption" in tasks,
         )
 
     monitor = f"val/{options.monitor}"

@@ -31,7 +31,8 @@ class ChangeMaskHead(nn.Module):
 
     Args:
         level_channels: channels of each backbone level, finest first.
-        num_classes: change classes, background (no change) included as class 0.
+        num_classes: change classes, background (no change) included as class 0; 0 builds the fused
+            feature path only (for a model that grounds queries but predicts no change classes).
         channels: width of the fused maps and of the top-down path.
         context_dim: width of the change encoder's tokens added at the deepest level (None: not used).
         two_stream: levels hold both dates (``[B, 2, C, h, w]``); False for a single-stream backbone whose
@@ -47,15 +48,18 @@ class ChangeMaskHead(nn.Module):
         two_stream: bool = True,
     ):
         super().__init__()
-        if num_classes < 2:
+        if num_classes == 1 or num_classes < 0:
             raise ValueError("a change mask needs at least 2 classes (background and one change class)")
         self.num_classes, self.two_stream = num_classes, two_stream
         streams = 3 if two_stream else 1  # A, B, |B - A|
         self.fuse = nn.ModuleList(_conv_bn_relu(streams * c, channels, 1) for c in level_channels)
         self.context = nn.Conv2d(context_dim, channels, 1) if context_dim else None
         self.smooth = nn.ModuleList(_conv_bn_relu(channels, channels, 3) for _ in level_channels[:-1])
-        self.classifier = nn.Sequential(
-            _conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, num_classes, 1)
+        self.channels = channels
+        self.classifier = (
+            nn.Sequential(_conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, num_classes, 1))
+            if num_classes
+            else None
         )
 
     def _fused(self, index: int, level: Tensor) -> Tensor:
@@ -69,6 +73,15 @@ class ChangeMaskHead(nn.Module):
     def forward(self, levels: list[Tensor], size: tuple[int, int], context: Tensor | None = None) -> Tensor:
         """levels: ``[B, S, C_i, h_i, w_i]`` finest first; context: ``[B, D, h, w]`` at the deepest level's
         size or None -> logits ``[B, num_classes, *size]``."""
+        return self.classify(self.decode(levels, context), size)
+
+    def classify(self, fused: Tensor, size: tuple[int, int]) -> Tensor:
+        logits = self.classifier(fused)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def decode(self, levels: list[Tensor], context: Tensor | None = None) -> Tensor:
+        """The fused change map at the finest level ``[B, channels, h_0, w_0]`` (what the classifier and
+        the grounding head read)."""
         if len(levels) != len(self.fuse):
             raise ValueError(f"mask head expects {len(self.fuse)} feature levels, got {len(levels)}")
         x = self._fused(len(levels) - 1, levels[-1])
@@ -78,8 +91,7 @@ class ChangeMaskHead(nn.Module):
             finer = self._fused(index, levels[index])
             x = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False)
             x = self.smooth[index](x + finer)
-        logits = self.classifier(x)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return x
 
 
 def mask_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, dice_weight: float = 1.0) -> Tensor:

@@ -1,0 +1,343 @@
+"""The REST API: ``create_app`` builds a FastAPI app around one loaded model (and mounts the web app).
+
+Uploads are PNG, JPEG or TIFF by content (415 otherwise), each at most ``max_upload_bytes`` (413); the
+whole request body is capped at twice that plus 1 MiB while it streams in, so a client that lies in
+Content-Length or sends no length at all is cut off early too. Every error is JSON ``{"detail": "..."}``
+with one line; library errors about the input (``ChangescopeError``) are 422.
+
+``/detect`` and ``/ask`` return their overlay inline as ``overlay_png`` (base64 PNG): one round trip, and
+the server keeps nothing per request.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from changescope import __version__
+from changescope.errors import ChangescopeError
+from changescope.serve.service import (
+    ChatSessions,
+    Predictor,
+    SceneJobs,
+    ServiceError,
+    default_agent_factory,
+    png_base64,
+    sniff,
+)
+
+STATIC = Path(__file__).resolve().parent / "static"
+CHUNK = 1 << 20
+#: bound of the min_area form fields (numpy compares in int64)
+MAX_AREA = 2**31 - 1
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    tasks: list[str]
+    version: str
+
+
+class Caption(BaseModel):
+    caption: str
+
+
+class JobCreated(BaseModel):
+    job: str
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    job: str
+    status: str = Field(description="queued, running, done or failed")
+    error: str | None = None
+    summary: dict[str, Any] | None = None
+
+
+class ChatRequest(BaseModel):
+    session: str | None = Field(None, description="null starts a new session")
+    message: str = Field(min_length=1, max_length=4000)
+
+
+class ChatReply(BaseModel):
+    session: str
+    reply: str
+    tool_calls: list[Any]
+
+
+class SessionCreated(BaseModel):
+    session: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (all ``{"detail": str}``)."""
+    return {code: {"model": Error} for code in (422, *codes)}
+
+
+UPLOAD_ERRORS = _errors(413, 415)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes, counting as it streams in."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _message(self) -> str:
+        return f"request body over the limit of {self.limit} bytes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"detail": self._message()}, 413)(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # FastAPI re-raises HTTPExceptions from body parsing, so this becomes a 413 reply
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _save_upload(upload: UploadFile, name: str, folder: Path, limit: int) -> Path:
+    """Copy an upload to ``folder/name<suffix>``, checking its type by content and its size as it goes."""
+    source = upload.file
+    source.seek(0)
+    head = source.read(16)
+    suffix = sniff(head)
+    if suffix is None:
+        raise ServiceError(415, f"{name}: not a PNG, JPEG or TIFF file")
+    path = folder / f"{name}{suffix}"
+    size = len(head)
+    with path.open("wb") as out:
+        out.write(head)
+        while chunk := source.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(413, f"{name}: file over the upload limit of {limit} bytes")
+            out.write(chunk)
+    return path
+
+
+def _parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ChangescopeError(f"bands: '{text}' is not comma-separated band numbers, e.g. 3,2,1") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise ChangescopeError("bands: give exactly 3 band numbers (R,G,B), each >= 1")
+    return bands
+
+
+def _docs_page() -> str:
+    # the stock FastAPI page loads Swagger UI from a CDN; these assets ship in changescope/serve/static
+    return """<!doctype html>
+<html><head><meta charset="utf-8"><title>changescope API</title>
+<link rel="stylesheet" href="static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="static/swagger-ui-bundle.js"></script>
+<script>
+SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", validatorUrl: null, deepLinking: true});
+</script></body></html>"""
+
+
+def create_app(
+    model: str | Path = "default",
+    max_upload_bytes: int = 20 * 2**20,
+    workdir: str | Path | None = None,
+    agent_factory: Callable[[Path], Any] | None = None,
+    web: bool = True,
+    agent_options: dict[str, Any] | None = None,
+) -> FastAPI:
+    """The API around ``model`` (loaded once, here). ``workdir`` holds scene jobs and chat sessions (a
+    temporary directory, removed at shutdown, when None). ``agent_factory(session_dir)`` builds a chat
+    agent; None uses ``changescope.agent.build_agent`` with ``agent_options``. ``web`` mounts the Gradio
+    app at ``/ui``."""
+    predictor = Predictor(model)
+    own_workdir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="changescope-serve-") if own_workdir else workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = SceneJobs(root / "scenes", predictor.path)
+    chats = ChatSessions(root / "chat", agent_factory or default_agent_factory(**(agent_options or {})))
+    limit = max_upload_bytes
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        jobs.close()
+        if own_workdir:
+            shutil.rmtree(root, ignore_errors=True)
+
+    app = FastAPI(
+        title="changescope",
+        version=__version__,
+        description="What changed between two images of one place: captions, change masks, answers, "
+        "scenes and a chat agent. Image uploads are PNG, JPEG or TIFF.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.predictor, app.state.jobs, app.state.chats = predictor, jobs, chats
+    app.add_middleware(BodyLimit, limit=2 * limit + CHUNK)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, err: ServiceError):
+        return JSONResponse({"detail": str(err)}, err.status)
+
+    @app.exception_handler(ChangescopeError)
+    async def _library_error(_request: Request, err: ChangescopeError):
+        return JSONResponse({"detail": str(err)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, err: RequestValidationError):
+        # one line, e.g. "after: Field required; min_area: Input should be a valid integer"
+        parts = []
+        for e in jsonable_encoder(err.errors()):
+            where = ".".join(str(p) for p in e.get("loc", ())[1:] if not isinstance(p, int)) or "body"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, 422)
+
+    def uploads(folder: Path, **files: UploadFile) -> dict[str, Path]:
+        return {name: _save_upload(upload, name, folder, limit) for name, upload in files.items()}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page())
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        return predictor.health()
+
+    @app.post("/describe", response_model=Caption, responses=UPLOAD_ERRORS)
+    def describe(
+        before: UploadFile = File(..., description="image of the earlier date"),
+        after: UploadFile = File(..., description="image of the later date, same size"),
+    ) -> dict[str, Any]:
+        """A sentence saying what changed."""
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            paths = uploads(Path(tmp), before=before, after=after)
+            return predictor.describe(paths["before"], paths["after"])
+
+    @app.post("/detect", responses=UPLOAD_ERRORS)
+    def detect(
+        before: UploadFile = File(...),
+        after: UploadFile = File(...),
+        min_area: int = Form(
+            10, ge=0, le=MAX_AREA, description="drop changed objects under this many pixels"
+        ),
+    ) -> dict[str, Any]:
+        """Where things changed: per class pixels, percent, objects and boxes (xyxy in [0, 1]), the caption,
+        and ``overlay_png``: the after image with the changes tinted, base64-encoded PNG."""
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            paths = uploads(Path(tmp), before=before, after=after)
+            result, picture = predictor.detect(paths["before"], paths["after"], min_area)
+        return {**result, "overlay_png": png_base64(picture)}
+
+    @app.post("/ask", responses=_errors(413, 415, 503))
+    def ask(
+        before: UploadFile = File(...),
+        after: UploadFile = File(...),
+        question: str = Form(..., description="a question about the change, at most 512 characters"),
+        min_area: int = Form(10, ge=0, le=MAX_AREA),
+    ) -> dict[str, Any]:
+        """Answer a question about the change; ``overlay_png`` (base64 PNG, or null) shows the region the
+        answer refers to."""
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            paths = uploads(Path(tmp), before=before, after=after)
+            result, picture = predictor.ask(paths["before"], paths["after"], question, min_area)
+        return {**result, "overlay_png": None if picture is None else png_base64(picture)}
+
+    @app.post("/scene", status_code=202, response_model=JobCreated, responses=_errors(413, 415, 429))
+    def scene(
+        request: Request,
+        before: UploadFile = File(..., description="GeoTIFF, PNG or JPEG of the earlier date"),
+        after: UploadFile = File(..., description="the later date; resampled onto before's grid"),
+        bands: str | None = Form(None, description="1-based band numbers read as R,G,B, e.g. 3,2,1"),
+        tile: int = Form(256, ge=32, le=2048),
+        min_area: int = Form(10, ge=0, le=MAX_AREA),
+        max_captions: int = Form(50, ge=0, le=1000),
+    ) -> dict[str, Any]:
+        """Queue a scene run; poll ``status_url`` until ``done``, then fetch the files its summary lists."""
+        from changescope.tasks.scene import SceneOptions
+
+        options = SceneOptions(
+            bands=_parse_bands(bands),
+            tile=tile,
+            overlap=min(32, tile // 2 - 1),
+            min_area=min_area,
+            max_captions=max_captions,
+        )
+        options.validate()
+        job = jobs.new()
+        try:
+            paths = uploads(job.dir / "input", before=before, after=after)
+        except BaseException:
+            shutil.rmtree(job.dir, ignore_errors=True)
+            raise
+        jobs.submit(job, paths["before"], paths["after"], options)
+        return {"job": job.id, "status_url": str(request.url_for("scene_status", job=job.id).path)}
+
+    @app.get(
+        "/scene/{job}", response_model=JobStatus, response_model_exclude_none=True, responses=_errors(404)
+    )
+    def scene_status(job: str) -> dict[str, Any]:
+        return jobs.get(job).view()
+
+    @app.get("/scene/{job}/files/{name}", response_class=FileResponse, responses=_errors(404))
+    def scene_file(job: str, name: str) -> FileResponse:
+        """One output of a finished job: a name listed in its summary's ``outputs``."""
+        return FileResponse(jobs.output(job, name), filename=name, content_disposition_type="inline")
+
+    @app.post("/chat/sessions", status_code=201, response_model=SessionCreated, responses=_errors(503))
+    async def chat_session() -> dict[str, Any]:
+        """Start a chat session (``/chat`` with ``session: null`` also starts one)."""
+        session = await run_in_threadpool(chats.open, None)
+        return {"session": session.id}
+
+    @app.post("/chat", response_model=ChatReply, responses=_errors(404, 502, 503))
+    async def chat(body: ChatRequest) -> dict[str, Any]:
+        """One message to the session's agent: its reply and the tools it called."""
+        session = await run_in_threadpool(chats.open, body.session)
+        return await run_in_threadpool(chats.ask, session, body.message)
+
+    @app.post("/chat/{session}/images", response_model=SessionCreated, responses=_errors(404, 413, 415))
+    def chat_images(session: str, before: UploadFile = File(...), after: UploadFile = File(...)):
+        """Give the session's agent the image pair its tools work on."""
+        current = chats.open(session)
+        paths = uploads(chats.image_dir(current), before=before, after=after)
+        chats.set_images(current, paths["before"], paths["after"])
+        return {"session": current.id}
+
+    if web:
+        from changescope.serve.web import mount
+
+        mount(app, predictor, chats, root / "examples", max_upload_bytes)
+    return app

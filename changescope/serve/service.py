@@ -1,0 +1,352 @@
+"""What the REST API and the web app both do, free of HTTP: one model shared by every request, scene jobs
+run one at a time in a background thread, chat sessions kept in memory.
+
+Inference is serialised by one lock. The model itself would mostly be fine under concurrent calls
+(``inference_mode``, no state written), but a lock makes that true by construction, costs nothing on a
+CPU that one forward pass already keeps busy, and keeps peak memory at one batch. File reading and
+writing stay outside the lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import inspect
+import io
+import logging
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from changescope import __version__
+from changescope.data.imageio import read_rgb
+from changescope.errors import ChangescopeError, DataError
+from changescope.tasks.inference import Decoding, caption_pairs, load
+
+log = logging.getLogger("changescope.serve")
+
+#: largest image (width x height) the single-pair endpoints read into memory; scenes are tiled instead
+MAX_PIXELS = 4096 * 4096
+
+#: leading bytes of the formats accepted as uploads (content, not the file name, decides)
+MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+    (b"II+\x00", ".tif"),  # BigTIFF
+    (b"MM\x00+", ".tif"),
+)
+
+
+class ServiceError(ChangescopeError):
+    """A one-line error with the HTTP status it maps to (413, 415, 429, 503, ...)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def sniff(head: bytes) -> str | None:
+    """The file suffix for PNG / JPEG / TIFF content, else None."""
+    return next((suffix for magic, suffix in MAGIC if head.startswith(magic)), None)
+
+
+def check_pixels(path: Path, name: str) -> None:
+    """Refuse images too large to read whole, from the header only (also stops decompression bombs)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        width = height = None
+    except Exception as err:  # Pillow raises many types for broken headers; read_rgb words them later
+        raise DataError(name, f"not a readable image ({err.__class__.__name__}: {err})") from None
+    if width is None or width * height > MAX_PIXELS:
+        size = "" if width is None else f" ({width}x{height})"
+        raise ServiceError(
+            413,
+            f"{name}: image too large{size}; at most {MAX_PIXELS} pixels here, send large scenes to /scene",
+        )
+
+
+@contextlib.contextmanager
+def named_inputs(names: dict[Path, str]) -> Iterator[None]:
+    """Re-word a DataError about a temporary upload path with the name the user knows it by."""
+    try:
+        yield
+    except DataError as err:
+        problem = err.problem  # Pillow's messages repeat the path
+        for path, name in names.items():
+            problem = problem.replace(str(path), name)
+        raise DataError(names.get(err.path, err.path), problem) from None
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Predictor:
+    """The loaded model and what can be asked of it; every method takes image files."""
+
+    def __init__(self, spec: str | Path):
+        self.model, self.processor, self.path = load(spec)
+        self._lock = threading.Lock()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.config.classes)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": str(self.path),
+            "tasks": list(self.model.tasks),
+            "version": __version__,
+        }
+
+    @contextlib.contextmanager
+    def _inputs(self, before: Path, after: Path, names: tuple[str, str]) -> Iterator[None]:
+        """Refuse oversized images from their headers; word read errors by the inputs' names."""
+        with named_inputs({before: names[0], after: names[1]}):
+            check_pixels(before, names[0])
+            check_pixels(after, names[1])
+            yield
+
+    def describe(self, before: Path, after: Path, names=("before", "after")) -> dict[str, Any]:
+        self.model.require("caption")
+        with self._inputs(before, after, names):
+            pair = self.processor.read_pair(before, after)  # decoded outside the lock
+        with self._lock, torch.inference_mode():
+            caption = caption_pairs(self.model, self.processor, pair[None], Decoding())[0]
+        return {"caption": caption}
+
+    def detect(
+        self, before: Path, after: Path, min_area: int, names=("before", "after")
+    ) -> tuple[dict[str, Any], Image.Image]:
+        """The ``detect_pair`` result (input names instead of server paths) and the overlay image."""
+        from changescope.overlay import overlay
+        from changescope.tasks.detection import detect_pair
+
+        self.model.require("mask")
+        with self._inputs(before, after, names), self._lock:
+            detection = detect_pair(self.model, self.processor, before, after, min_area)
+        result = {**detection.result, "before": names[0], "after": names[1], "model": str(self.path)}
+        return result, overlay(read_rgb(after), detection.mask, self.classes)
+
+    def ask(
+        self, before: Path, after: Path, question: str, min_area: int, names=("before", "after")
+    ) -> tuple[dict[str, Any], Image.Image | None]:
+        """The answer (``vqa`` head) and where it is (``grounding`` head, drawn over the after image);
+        a model with either head answers what it can."""
+        try:
+            from changescope.tasks.vqa import ask_pair, check_question
+        except ImportError as err:
+            raise ServiceError(503, f"questions need changescope.tasks.vqa, missing here ({err})") from None
+        from changescope.overlay import overlay
+
+        question = check_question(question)
+        if not {"vqa", "grounding"} & set(self.model.tasks):
+            self.model.require("vqa")
+        with self._inputs(before, after, names), self._lock:
+            answer = ask_pair(self.model, self.processor, before, after, question, min_area)
+        picture = None
+        if answer.mask is not None:
+            mask = answer.mask.astype(np.uint8)
+            picture = overlay(read_rgb(after), mask, ["no change", "answer region"])
+        return answer.result, picture
+
+
+# -- scene jobs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    id: str
+    dir: Path
+    status: str = "queued"  # queued | running | done | failed
+    error: str | None = None
+    summary: dict[str, Any] | None = None
+
+    def view(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"job": self.id, "status": self.status}
+        if self.error is not None:
+            out["error"] = self.error
+        if self.summary is not None:
+            out["summary"] = self.summary
+        return out
+
+
+class SceneJobs:
+    """Scene runs queued on one worker thread (a scene already uses every core it is given)."""
+
+    def __init__(self, root: Path, model_path: Path, max_waiting: int = 8, max_kept: int = 32):
+        self.root, self.model_path = root, model_path
+        self.max_waiting, self.max_kept = max_waiting, max_kept
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changescope-scene")
+
+    def new(self) -> Job:
+        """A job with its directory, not yet queued (uploads go into ``job.dir / 'input'``)."""
+        job_id = uuid.uuid4().hex
+        job = Job(job_id, self.root / job_id)
+        (job.dir / "input").mkdir(parents=True)
+        return job
+
+    def submit(self, job: Job, before: Path, after: Path, options) -> Job:
+        with self._lock:
+            waiting = sum(j.status in ("queued", "running") for j in self._jobs.values())
+            if waiting >= self.max_waiting:
+                shutil.rmtree(job.dir, ignore_errors=True)
+                raise ServiceError(429, f"{waiting} scene jobs are already waiting; try again later")
+            self._jobs[job.id] = job
+            self._prune()
+        self._pool.submit(self._run, job, before, after, options)
+        return job
+
+    def _prune(self) -> None:
+        """Forget the oldest finished jobs and their files beyond ``max_kept`` (a server runs for weeks)."""
+        finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]
+        for job in finished[: max(0, len(finished) - self.max_kept)]:
+            del self._jobs[job.id]
+            shutil.rmtree(job.dir, ignore_errors=True)
+
+    def _run(self, job: Job, before: Path, after: Path, options) -> None:
+        from changescope.tasks.scene import run_scene
+
+        job.status = "running"
+        try:
+            job.summary = run_scene(before, after, job.dir / "out", self.model_path, options, progress=False)
+            job.status = "done"
+        except ChangescopeError as err:
+            # name the uploads as the client sent them, not by their place on this server
+            job.error, job.status = str(err).replace(f"{before.parent}/", ""), "failed"
+        except Exception as err:  # a job must end in a state the client can read, whatever happened
+            log.exception("scene job %s failed", job.id)
+            job.error, job.status = f"internal error: {err.__class__.__name__}: {err}", "failed"
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise ServiceError(404, f"no scene job '{job_id}'")
+        return job
+
+    def output(self, job_id: str, name: str) -> Path:
+        """An output file of a finished job; only names its summary lists (so no path can escape)."""
+        job = self.get(job_id)
+        if job.status != "done" or name not in job.summary.get("outputs", []):
+            raise ServiceError(404, f"scene job '{job_id}' has no output named '{name}'")
+        return job.dir / "out" / name
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    id: str
+    dir: Path
+    agent: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    uploads: int = 0
+
+
+AgentFactory = Callable[[Path], Any]
+
+
+def default_agent_factory(**options: Any) -> AgentFactory:
+    """``changescope.agent.build_agent`` with the options it accepts (imported on first use)."""
+
+    def build(session_dir: Path):
+        try:
+            from changescope.agent import build_agent
+        except ImportError as err:
+            raise ServiceError(503, f"chat needs changescope.agent, missing here ({err})") from None
+        accepted = inspect.signature(build_agent).parameters
+        kwargs = {k: v for k, v in options.items() if v is not None and k in accepted}
+        return build_agent(session_dir, **kwargs)
+
+    return build
+
+
+def _llm_failed(err: Exception) -> bool:
+    try:
+        from changescope.agent.llm import LLMError
+    except ImportError:
+        return False
+    return isinstance(err, LLMError)
+
+
+class ChatSessions:
+    """In-memory chat sessions, each with an agent and a directory; the least recently used go first."""
+
+    def __init__(self, root: Path, factory: AgentFactory, max_sessions: int = 64):
+        self.root, self.factory, self.max_sessions = root, factory, max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, session_id: str | None) -> Session:
+        """The session ``session_id``, or a new one when it is None."""
+        with self._lock:
+            if session_id is not None:
+                session = self._sessions.get(session_id)
+                if session is None:
+                    raise ServiceError(404, f"no chat session '{session_id}'")
+                self._sessions.move_to_end(session_id)
+                return session
+        new_id = uuid.uuid4().hex
+        directory = self.root / new_id
+        directory.mkdir(parents=True)
+        try:
+            agent = self.factory(directory)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        session = Session(new_id, directory, agent)
+        with self._lock:
+            self._sessions[new_id] = session
+            while len(self._sessions) > self.max_sessions:
+                _, old = self._sessions.popitem(last=False)
+                shutil.rmtree(old.dir, ignore_errors=True)
+        return session
+
+    def image_dir(self, session: Session) -> Path:
+        """A fresh folder for the next pair (the agent may still hold the paths of the last one)."""
+        with session.lock:
+            session.uploads += 1
+            directory = session.dir / f"images-{session.uploads}"
+        directory.mkdir()
+        return directory
+
+    def set_images(self, session: Session, before: Path, after: Path) -> None:
+        with session.lock:
+            session.agent.set_images(str(before), str(after))
+
+    def ask(self, session: Session, message: str) -> dict[str, Any]:
+        with session.lock:
+            try:
+                answer = session.agent.ask(message)
+            except ChangescopeError as err:
+                if _llm_failed(err):  # the language model server, not the message, is at fault
+                    raise ServiceError(502, f"the language model failed: {err}") from None
+                raise
+        return {
+            "session": session.id,
+            "reply": str(answer.get("reply", "")),
+            "tool_calls": list(answer.get("tool_calls", [])),
+        }
