@@ -139,6 +139,17 @@ def test_minilm_encoder_is_the_packaged_model_frozen_cached_and_not_saved(tmp_pa
         torch.testing.assert_close(x, y)
 
 
+def test_minilm_can_be_fine_tuned_and_is_then_saved_with_the_model():
+    from changescope.models.question_encoder import MiniLMEncoder
+
+    encoder = MiniLMEncoder(finetune=True)
+    assert any(p.requires_grad for p in encoder.parameters())
+    assert any(k.startswith("model.") for k in encoder.state_dict())
+    text, pad = encoder(["were trees cut?"])
+    text.mean().backward()  # gradients reach the sentence encoder
+    assert encoder.model.embeddings.word_embeddings.weight.grad is not None
+
+
 def _tiny_model(vocab_size=0, **overrides):
     from changescope.models.change_model import ChangeModel
     from changescope.models.presets import build_config
@@ -431,6 +442,10 @@ def test_shipped_model_answers_grounds_and_describes(fresh_pairs):
         preds.append(answer.mask)
         targets.append(_read_target(r.mask))
     assert grounding_scores(preds, targets)["mIoU"] > 0.5
+    count = next(r for r in records if r.qtype == "count")
+    counted = ask_pair(model, processor, count.images[0]["path"], count.images[1]["path"], count.question)
+    if not counted.result["free_form"]:
+        assert counted.result["type"] == "count" and counted.result["number"] == int(counted.result["answer"])
     r = records[0]
     described = ask_pair(model, processor, r.images[0]["path"], r.images[1]["path"], "describe the changes.")
     assert described.result["free_form"] is True and described.result["type"] == "open"

@@ -16,6 +16,7 @@ import torch
 
 from changescope.data.text import Vocabulary
 from changescope.errors import DataError
+from changescope.fileio import plain_permissions
 from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.processor import ChangeProcessor
@@ -68,6 +69,7 @@ def save_pretrained(
                 tensor = tensor.to(dtype)
             state[name] = tensor.contiguous().clone()  # clone: tied weights must not share storage here
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+        plain_permissions(tmp / WEIGHTS_NAME)
         _replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

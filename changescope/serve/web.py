@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 # gradio reads these at import time; without them it reports usage and asks the Hugging Face Hub for things
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
