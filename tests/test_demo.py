@@ -16,6 +16,9 @@ def test_demo_writes_report_with_every_caption(tmp_path):
     if result["detection"] is not None:  # the shipped multitask model: masks and counts in the report
         assert html.count("alt='predicted change'") == 6 and "class='counts'" in html
         assert result["detection"]["mIoU_no_bg"] is not None
+    if "vqa" in result:  # a model that answers: questions asked on each pair and scored
+        assert "Q: " in html and "(true: " in html
+        assert result["vqa"]["n"] > 0 and 0 <= result["vqa"]["OA"] <= 1
 
 
 def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
@@ -23,9 +26,14 @@ def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
 
     if not (DEFAULT_MODEL / "config.json").is_file():
         pytest.skip("no shipped model in this checkout")
+    # four heads in fp16; the frozen MiniLM question encoder (90 MB) comes from its package, not this file
     size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
-    assert size <= 25 * 2**20
+    assert size <= 30 * 2**20
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_MODEL / "model.safetensors"), "pt") as weights:
+        assert not [k for k in weights.keys() if k.startswith("question_encoder")]
     model, processor = from_pretrained(DEFAULT_MODEL)
     assert model.config.preset == "lite" and len(processor.vocab) == model.config.vocab_size
-    assert model.tasks == ("caption", "mask")
+    assert model.tasks == ("caption", "mask", "vqa", "grounding")
     assert model.config.classes == ["background", "road", "building", "tree", "water"]
