@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -48,3 +50,26 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_outputs(out: str | Path, images: dict, record_name: str, record: Any) -> Path:
+    """Save ``images`` (file name -> PIL image) and then the JSON ``record`` into ``out``.
+
+    The images are written into a temporary sibling directory and moved in; the record is removed first and
+    written last, so an interrupted run never leaves a record beside missing or stale images.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{Path(record_name).stem}-{os.getpid()}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (out / record_name).unlink(missing_ok=True)
+        for name, image in images.items():
+            image.save(tmp / name)
+        for name in images:
+            os.replace(tmp / name, out / name)
+        write_json_atomic(out / record_name, record)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

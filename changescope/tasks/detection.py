@@ -9,8 +9,6 @@ exactly the connected components of the written ``mask.png``.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from changescope.fileio import write_json_atomic
 from changescope.metrics.grounding import label_components
 
 #: default smallest object kept, in input pixels (about a 3 x 3 blob: speckle, not a building)
@@ -153,20 +150,11 @@ def write_detection(
     The files are written into a temporary sibling directory and moved in at the end, ``result.json``
     last, so an interrupted run never leaves a ``result.json`` beside missing or stale images.
     """
+    from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".detect-{os.getpid()}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        Image.fromarray(detection.mask, mode="L").save(tmp / "mask.png")
-        overlay(after_image, detection.mask, classes).save(tmp / "overlay.png")
-        (out / "result.json").unlink(missing_ok=True)
-        for name in ("mask.png", "overlay.png"):
-            os.replace(tmp / name, out / name)
-        write_json_atomic(out / "result.json", detection.result)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    images = {
+        "mask.png": Image.fromarray(detection.mask, mode="L"),
+        "overlay.png": overlay(after_image, detection.mask, classes),
+    }
+    return write_outputs(out, images, "result.json", detection.result)

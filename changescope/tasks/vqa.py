@@ -10,8 +10,6 @@ means "no such change".
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import torch
 from PIL import Image
 
 from changescope.errors import ChangescopeError
-from changescope.fileio import write_json_atomic
 from changescope.metrics.grounding import boxes_from_mask
 from changescope.models.question_encoder import MAX_QUESTION_CHARS
 from changescope.tasks.detection import MIN_AREA, remove_small_objects
@@ -127,25 +124,15 @@ def ask_pair(
 def write_answer(answer: Answer, after_image: np.ndarray, out: str | Path) -> Path:
     """Write ``mask.png`` (0 / 255), ``overlay.png`` and ``answer.json`` into ``out``; moved in from a
     temporary directory, ``answer.json`` last, so it never sits beside missing or stale images."""
+    from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".ask-{os.getpid()}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        (out / "answer.json").unlink(missing_ok=True)
-        if answer.mask is not None:
-            mask = answer.mask.astype(np.uint8)
-            Image.fromarray(mask * np.uint8(255), mode="L").save(tmp / "mask.png")
-            overlay(after_image, mask, ["background", "answer"]).save(tmp / "overlay.png")
-            for name in ("mask.png", "overlay.png"):
-                os.replace(tmp / name, out / name)
-        write_json_atomic(out / "answer.json", answer.result)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    images = {}
+    if answer.mask is not None:
+        mask = answer.mask.astype(np.uint8)
+        images["mask.png"] = Image.fromarray(mask * np.uint8(255), mode="L")
+        images["overlay.png"] = overlay(after_image, mask, ["background", "answer"])
+    return write_outputs(out, images, "answer.json", answer.result)
 
 
 # -- a whole split ------------------------------------------------------------------------------------
