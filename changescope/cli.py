@@ -129,7 +129,9 @@ def score(
 @app.command()
 def train(
     preset: str | None = typer.Option(None, "--preset", help="Architecture (see `changescope models`)."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset directory."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Dataset directory, or a mix file (YAML / JSON) of several datasets."
+    ),
     format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (model/, checkpoints/, metrics)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of these options; flags win."),
@@ -157,7 +159,19 @@ def train(
         None, "--question-encoder", help="minilm (all-MiniLM-L6-v2) or words (no transformers needed)."
     ),
     init: str | None = typer.Option(
-        None, "--init", help="Start from a saved model's weights ('default', a model or run directory)."
+        None,
+        "--init",
+        help="Start from a saved model ('default', a model or run directory): its heads that this run "
+        "does not train are kept, and fixed.",
+    ),
+    freeze: str | None = typer.Option(
+        None,
+        "--freeze",
+        help="Parts kept fixed: 'none' or a comma-separated subset of backbone, encoder, decoder, "
+        "mask_head, change_head, questions, grounding (default: see --init).",
+    ),
+    gsd: str | None = typer.Option(
+        None, "--gsd", help="Metres per pixel of the training imagery, one or several ('0.5,10')."
     ),
     num_workers: int | None = typer.Option(None, "--num-workers"),
     limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
@@ -191,6 +205,8 @@ def train(
         "grounding_weight": grounding_weight,
         "question_encoder": question_encoder,
         "init": init,
+        "freeze": freeze,
+        "gsd": gsd.split(",") if gsd else None,
         "num_workers": num_workers,
         "limit_pairs": limit_pairs,
         "devices": devices,
@@ -313,6 +329,9 @@ def detect(
     out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, result.json here."),
     min_area: int = typer.Option(10, "--min-area", help="Drop changed objects under N pixels."),
     beam: int = typer.Option(1, "--beam", help="Beam size of the caption (1 = greedy)."),
+    gsd: float | None = typer.Option(
+        None, "--gsd", help="Metres per pixel of the images; resampled when far from the model's."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON."),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
@@ -326,6 +345,8 @@ def detect(
     _check_decoding(beam, 1)
     if min_area < 0:
         raise typer.BadParameter("--min-area must be >= 0")
+    if gsd is not None and not gsd > 0:
+        raise typer.BadParameter("--gsd must be a positive number of metres per pixel")
     model_spec, inputs = _split_model_arg(paths)
     if len(inputs) != 2:
         raise typer.BadParameter("give BEFORE AFTER, optionally after MODEL")
@@ -334,7 +355,7 @@ def detect(
     before, after = Path(inputs[0]), Path(inputs[1])
     check_pair_files([(after.stem, before, after)])
     model, processor, model_path = load(model_spec)
-    detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam))
+    detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam), gsd=gsd)
     detection.result["model"] = str(model_path)
     if out is not None:
         from changescope.data.imageio import read_rgb

@@ -14,6 +14,12 @@ inconsistencies
 warnings
     gaps that are allowed, such as a split without an index file (CDVQA without Test2).
 
+Change-detection formats (``changedetection.py``: binary masks, no captions) are read with their own
+image rule (grey and multispectral images allowed), a pair's ``changed`` is its mask's verdict (a pair
+whose mask cannot be read counts as neither changed nor unchanged), and the report adds the changed and
+labelled pixels per split (pixels other than the ignore value 255). They have no captions, so no caption
+check applies to them.
+
 Decoding is the cost (about 2 ms per 256 x 256 PNG), so images are decoded in a thread pool: Pillow
 releases the GIL while it inflates, and every check on pixels is a numpy call.
 """
@@ -24,7 +30,7 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from changescope.data.imageio import read_rgb
 from changescope.data.readers import detect_format, reader_class
 from changescope.data.readers.base import CaptionPairDataset, PairEntry
 from changescope.data.readers.cdvqa import CDVQA, VQAItem
+from changescope.data.readers.changedetection import CHANGE, IGNORE_INDEX, ChangeDetectionDataset
 from changescope.errors import DataError
 
 MAX_LISTED = 20  # lines listed per kind of problem; the rest are counted
@@ -48,6 +55,9 @@ class SplitStats:
     with_mask: int = 0
     #: question-answer pairs (CDVQA); 0 for caption datasets
     questions: int = 0
+    #: change-detection formats only: mask pixels that are change / that are labelled (not 255)
+    changed_pixels: int = 0
+    labelled_pixels: int = 0
 
     @property
     def change_percent(self) -> float | None:
@@ -55,7 +65,7 @@ class SplitStats:
         return 100.0 * self.changed / known if known else None
 
     def add(self, other: SplitStats) -> None:
-        for name in ("pairs", "changed", "unchanged", "with_mask", "questions"):
+        for name in (f.name for f in fields(self)):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -135,9 +145,10 @@ class CheckReport:
 
     def _table(self) -> list[str]:
         total = self.total()
-        vqa, masks = total.questions > 0, total.with_mask > 0
+        vqa, masks, pixels = total.questions > 0, total.with_mask > 0, total.labelled_pixels > 0
         header = ["split", "pairs"] + (["questions"] if vqa else ["changed", "unchanged", "change %"])
         header += ["with mask"] if masks else []
+        header += ["changed px", "labelled px"] if pixels else []
         rows = []
         for name, stats in [*self.splits.items(), ("total", total)]:
             share = stats.change_percent
@@ -146,7 +157,8 @@ class CheckReport:
                 row.append(str(stats.questions))
             else:
                 row += [str(stats.changed), str(stats.unchanged), "-" if share is None else f"{share:.1f}%"]
-            rows.append(row + ([str(stats.with_mask)] if masks else []))
+            row += [str(stats.with_mask)] if masks else []
+            rows.append(row + ([str(stats.changed_pixels), str(stats.labelled_pixels)] if pixels else []))
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
         def line(cells: list[str]) -> str:
@@ -247,14 +259,16 @@ class _PairResult:
     errors: list[tuple[str, str]]
     #: changed pixels in the mask; None when there is no mask or it could not be read
     mask_pixels: int | None = None
+    #: pixels with a label (not IGNORE_INDEX); change-detection formats only
+    labelled_pixels: int | None = None
 
 
-def _read_images(paths: Sequence[Path]) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+def _read_images(paths: Sequence[Path], read=read_rgb) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
     """Decode every image of a pair (all of them, so each broken one is reported), then compare sizes."""
     arrays, errors = [], []
     for path in paths:
         try:
-            arrays.append(read_rgb(path))
+            arrays.append(read(path))
         except DataError as err:
             errors.append(("image", str(err)))
     if not errors:
@@ -279,7 +293,8 @@ def _read_pair(dataset: CaptionPairDataset, entry: PairEntry) -> _PairResult:
                 for path in missing
             ]
         )
-    arrays, errors = _read_images(entry.images)
+    detection = isinstance(dataset, ChangeDetectionDataset)
+    arrays, errors = _read_images(entry.images, dataset.read_image if detection else read_rgb)
     result = _PairResult(errors)
     if dataset.has_masks and entry.label is not None and not errors:
         try:
@@ -287,22 +302,35 @@ def _read_pair(dataset: CaptionPairDataset, entry: PairEntry) -> _PairResult:
         except DataError as err:
             result.errors.append(("label", str(err)))
         else:
-            result.mask_pixels = int(np.count_nonzero(mask)) if mask is not None else None
+            if mask is not None and detection:
+                result.mask_pixels = int(np.count_nonzero(mask == CHANGE))
+                result.labelled_pixels = int(np.count_nonzero(mask != IGNORE_INDEX))
+            elif mask is not None:
+                result.mask_pixels = int(np.count_nonzero(mask))
     return result
 
 
 def _check_caption_split(dataset: CaptionPairDataset, pool, errors, inconsistencies, ids) -> SplitStats:
     stats = SplitStats()
     results = pool.map(partial(_read_pair, dataset), dataset.entries)
+    detection = isinstance(dataset, ChangeDetectionDataset)
     for entry, result in zip(dataset.entries, results, strict=True):
-        changed = dataset.changed(entry)
         stats.pairs += 1
-        stats.changed += changed
-        stats.unchanged += not changed
         stats.with_mask += result.mask_pixels is not None
         ids[entry.id].append(entry.split)
         for kind, message in result.errors:
             errors.add(kind, message)
+        if detection:
+            # the mask is the only evidence: no flag, no captions to compare it with
+            if result.mask_pixels is not None:
+                stats.changed += result.mask_pixels > 0
+                stats.unchanged += result.mask_pixels == 0
+                stats.changed_pixels += result.mask_pixels
+                stats.labelled_pixels += result.labelled_pixels or 0
+            continue
+        changed = dataset.changed(entry)
+        stats.changed += changed
+        stats.unchanged += not changed
         for kind, message in _consistency(dataset, entry, changed, result.mask_pixels):
             inconsistencies.add(kind, message)
     return stats

@@ -35,6 +35,13 @@ CHANGED = "changed"
 
 _STACKED = ("image", "mask", "semantic")
 
+#: ``mask`` value of a pixel without a label (losses and metrics skip it)
+IGNORE_INDEX = 255
+#: ``mask`` value of a changed pixel whose class is not known (binary change labels mixed into class data)
+UNKNOWN_CHANGE = 254
+#: the classes of binary change-detection data
+BINARY_CLASSES = ("background", "change")
+
 
 def validate_sample(sample: Sample) -> Sample:
     """Check the contract; raise ``ValueError`` naming the key that breaks it."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from changescope.data.mix import tile_starts
 from changescope.errors import require
 from changescope.fileio import atomic_path
 
@@ -38,10 +39,7 @@ def _windows():
 
 def _starts(offset: int, length: int, tile: int, stride: int) -> list[int]:
     """Tile starts along one axis: every ``stride``, the last one snapped to end at ``offset + length``."""
-    if length <= tile:
-        return [offset]
-    starts = list(range(offset, offset + length - tile, stride))
-    return starts + [offset + length - tile]
+    return [offset + start for start in tile_starts(length, tile, stride)]
 
 
 def tile_windows(window: Window, tile: int = 256, overlap: int = 32) -> list[Window]:

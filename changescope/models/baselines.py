@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from changescope.data.readers.base import CaptionPairDataset
+from changescope.data.sample import IGNORE_INDEX
 from changescope.data.text import normalize
 
 
@@ -104,11 +105,12 @@ class DifferenceBaseline:
             sample = train[int(index)]
             if "mask" not in sample:
                 continue
-            target = sample["mask"] > 0
-            counts += np.bincount(sample["mask"].ravel().numpy(), minlength=len(counts))
+            labelled = sample["mask"] != IGNORE_INDEX  # sparse labels (Landsat) leave most pixels out
+            target = (sample["mask"] > 0) & labelled
+            counts += np.bincount(sample["mask"][labelled].numpy(), minlength=len(counts))[: len(counts)]
             distance = self.change_map(sample["image"])
             for i, threshold in enumerate(grid):
-                pred = self.clean(distance > threshold)
+                pred = self.clean(distance > threshold) & labelled
                 inter[i] += (pred & target).sum().item()
                 union[i] += (pred | target).sum().item()
         if not counts[1:].any():

@@ -3,6 +3,7 @@
 images [B, T, 3, H, W] --backbone (shared weights)--> levels of the first and last date
     --change encoder (last level)--> change tokens [B, N, D] --caption decoder--> caption
     levels + change tokens --mask head--> change-class logits [B, K, H, W]
+    levels + change tokens --change head--> change / no-change logit [B, H, W] (composed with the classes)
     question --question encoder--> tokens --cross attention to change tokens--> type + closed answer
         (free form: the caption decoder reads [change tokens, question tokens])
     query --same path--> FiLM on the mask head's fused map --> grounding mask [N, H, W]
@@ -25,7 +26,7 @@ from changescope.models.config import ModelConfig
 from changescope.models.encoders import ENCODERS, build_encoder
 from changescope.models.encoders.layers import to_map
 from changescope.models.heads.caption_decoder import CaptionDecoder
-from changescope.models.heads.mask_head import ChangeMaskHead
+from changescope.models.heads.mask_head import ChangeMaskHead, compose
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
 from changescope.models.question_encoder import build_question_encoder
 
@@ -36,8 +37,12 @@ class ChangeOutput:
     memory: Tensor
     #: teacher-forced caption logits ``[B, L, vocab]`` when tokens were given
     caption_logits: Tensor | None = None
-    #: change-class logits ``[B, K, H, W]`` when the model has a mask head
+    #: change-class scores ``[B, K, H, W]`` when the model has a mask head (argmax = class id; with a change
+    #: logit, :func:`~changescope.models.heads.mask_head.compose` of the two)
     mask_logits: Tensor | None = None
+    #: the raw class logits and the change logit ``[B, H, W]`` (None without one), for the losses
+    class_logits: Tensor | None = None
+    change_logit: Tensor | None = None
     #: the mask head's fused change map ``[B, C, h, w]`` (what grounding reads), when asked for
     pixels: Tensor | None = None
 
@@ -84,6 +89,18 @@ class ChangeModel(nn.Module):
                 **config.mask_head_kwargs,
             )
             if config.classes or config.grounding
+            else None
+        )
+        self.change_head = (
+            ChangeMaskHead(
+                self.backbone.channels,
+                0,
+                context_dim=self.encoder.out_dim,
+                two_stream=not self.single_stream,
+                binary=True,
+                **config.change_head_kwargs,
+            )
+            if config.change_head_kwargs and config.classes
             else None
         )
         d_model = self.encoder.out_dim
@@ -185,7 +202,10 @@ class ChangeModel(nn.Module):
             out.pixels = fused if pixels else None
             if run_mask:
                 size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
-                out.mask_logits = self.mask_head.classify(fused, tuple(size))
+                out.class_logits = self.mask_head.classify(fused, tuple(size))
+                if self.change_head is not None:
+                    out.change_logit = self.change_head(levels, tuple(size), to_map(memory, h, w))[:, 0]
+                out.mask_logits = compose(out.class_logits, out.change_logit)
         return out
 
     # -- questions and grounding queries --------------------------------------------------------------

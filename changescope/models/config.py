@@ -26,6 +26,9 @@ class ModelConfig:
     out_indices: tuple[int, ...] | None = None
     #: images are resized to this square size by the processor
     image_size: int = 256
+    #: ground sampling distances (metres per pixel) of the imagery the model was trained at, when known;
+    #: an input of known GSD far from all of them is resampled to the nearest (``detection.working_scale``)
+    gsd: list[float] | None = None
     encoder: str = "chg2cap"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     decoder_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -34,6 +37,9 @@ class ModelConfig:
     #: change-mask class names, index = class id (0 = no change); empty = no mask head
     classes: list[str] = field(default_factory=list)
     mask_head_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the change / no-change head (a mask head with one logit, e.g. ``{"channels": 96}``); empty = none,
+    #: and the class head's argmax decides what changed
+    change_head_kwargs: dict[str, Any] = field(default_factory=dict)
     #: closed answers of the VQA head, index = answer id; empty = no VQA head
     answers: list[str] = field(default_factory=list)
     #: question types the VQA head tells apart ("open": answered in free form by the caption decoder)
@@ -69,6 +75,8 @@ class ModelConfig:
         for key in ("classes", "answers", "qtypes"):
             if values.get(key) is not None:
                 values[key] = list(values[key])
+        if isinstance(values.get("gsd"), (int, float)):
+            values["gsd"] = [float(values["gsd"])]
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
         return cls(**values)

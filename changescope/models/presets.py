@@ -33,6 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_len": 42,
         },
         "mask_head_kwargs": {"channels": 64},
+        "change_head_kwargs": {"channels": 64},
         "reference": "Chg2Cap-style encoder (Chang et al., IEEE TIP 2023) at a quarter of its width, "
         "on a frozen EfficientNet-Lite0 (packaged ImageNet weights) instead of ResNet-101, "
         "2 decoder layers instead of 1; with MCI's multi-level change-mask head (64 wide) on data "
@@ -131,12 +132,13 @@ PRESETS["mci"] = {
 
 
 def build_config(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
-    """A preset's config with ``overrides`` applied (nested dicts are merged key by key)."""
+    """A preset's config with ``overrides`` applied (nested dicts are merged key by key; an empty dict
+    clears the preset's, e.g. ``change_head_kwargs={}`` for no change head)."""
     if name not in PRESETS:
         raise ChangescopeError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
     values = copy.deepcopy(PRESETS[name])
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(values.get(key), dict):
             values[key].update(value)
         else:
             values[key] = value

@@ -9,10 +9,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from changescope.data.readers.base import CaptionPairDataset
+from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.models.processor import ChangeProcessor
 
-#: mask value of pixels without a label (a pair whose label file is absent); losses and metrics skip it
-IGNORE_INDEX = 255
+
+def binary_target(mask: torch.Tensor) -> torch.Tensor:
+    """Class or binary change labels -> 0 no change / 1 change / ``IGNORE_INDEX`` (``UNKNOWN_CHANGE`` and
+    every class id count as change)."""
+    return torch.where(mask == IGNORE_INDEX, IGNORE_INDEX, (mask > 0).to(mask.dtype))
+
+
+def binary_remap(dataset_classes, model_classes) -> bool:
+    """True when binary change labels (background / change) train a model that names change classes: their
+    "change" then becomes ``UNKNOWN_CHANGE`` (trains the change logit, no class)."""
+    return tuple(dataset_classes) == BINARY_CLASSES and tuple(model_classes) not in ((), BINARY_CLASSES)
 
 
 class CaptionPairs(Dataset):
@@ -31,9 +41,10 @@ class CaptionPairs(Dataset):
         seed: int = 0,
         masks: bool = False,
         captions: bool = True,
+        remap_binary: bool = False,
     ):
         self.dataset, self.processor, self.train = dataset, processor, train
-        self.masks, self.captions = masks, captions
+        self.masks, self.captions, self.remap_binary = masks, captions, remap_binary
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -50,13 +61,15 @@ class CaptionPairs(Dataset):
         if self.masks:
             size = (self.processor.image_size,) * 2
             mask = sample.get("mask")
+            if mask is not None and self.remap_binary:
+                mask = torch.where(mask == 1, UNKNOWN_CHANGE, mask)
             item["mask"] = (
                 self.processor.resize_mask(mask).to(torch.uint8)
                 if mask is not None
                 else torch.full(size, IGNORE_INDEX, dtype=torch.uint8)
             )
         if self.train and self.captions:
-            item["caption"] = self.rng.choice(sample["captions"])
+            item["caption"] = self.rng.choice(sample["captions"]) if sample["captions"] else ""
         return item
 
 
@@ -72,6 +85,8 @@ class CachedFeatures(Dataset):
         self.ids, self.features, self.captions, self.changed = ids, features, captions, changed
         self.masks, self.draw = masks, draw
         self.train, self.rng = train, random.Random(seed)
+        #: in training, flip / rotate each item's feature maps and mask together (see ``_dihedral``)
+        self.augment = False
 
     @classmethod
     def compute(
@@ -105,8 +120,24 @@ class CachedFeatures(Dataset):
         if self.masks is not None:
             item["mask"] = self.masks[index]
         if self.train and self.draw:
-            item["caption"] = self.rng.choice(self.captions[index])
+            item["caption"] = self.rng.choice(self.captions[index]) if self.captions[index] else ""
+        if self.train and self.augment and self.masks is not None:
+            k, flip = self.rng.randrange(4), self.rng.random() < 0.5
+            item["features"] = [_dihedral(level, k, flip) for level in item["features"]]
+            item["mask"] = _dihedral(item["mask"], k, flip)
         return item
+
+
+def _dihedral(tensor: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Rotate the last two dimensions by ``k`` quarter turns, then mirror them left-right if ``flip``.
+
+    On cached features this stands in for rotating and mirroring the images: a convolutional backbone's
+    features of a rotated image are close to (not exactly) the rotated features, and aerial views have no
+    up or left, so the change head learns orientation-free changes from few real pairs at no extra cost.
+    Only for change masks: captions name positions ("in the top left"), so captioning never uses it.
+    """
+    out = torch.rot90(tensor, k, dims=(-2, -1)) if k else tensor
+    return out.flip(-1) if flip else out
 
 
 def collate_pairs(items: list[dict[str, Any]], processor: ChangeProcessor) -> dict[str, Any]:
@@ -155,14 +186,19 @@ def caption_loader(
     queries=None,
     questions: int = 3,
     open_prompts: bool = False,
+    remap_binary: bool = False,
+    augment: bool = False,
 ) -> DataLoader:
     """Batches of a split (with change masks if ``masks``; one drawn caption per training pair if
     ``captions``; each pair's questions and grounding queries if ``queries``, see ``WithQueries``); with
     ``model`` whose features can be cached, of precomputed features."""
     generator = torch.Generator().manual_seed(seed)
-    pairs = CaptionPairs(dataset, processor, train=train, seed=seed, masks=masks, captions=captions)
+    pairs = CaptionPairs(
+        dataset, processor, train=train, seed=seed, masks=masks, captions=captions, remap_binary=remap_binary
+    )
     if model is not None and model.can_cache_features:
         pairs = CachedFeatures.compute(model, pairs, batch_size, train=train, seed=seed)
+        pairs.augment = augment and train and not captions
         num_workers = 0
     if queries is not None:
         from changescope.tasks.queries import WithQueries

@@ -9,12 +9,14 @@ exactly the connected components of the written ``mask.png``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from changescope.metrics.grounding import label_components
@@ -107,37 +109,108 @@ def _objects(labels: np.ndarray, n: int, w: int, h: int) -> list[dict[str, Any]]
     ]
 
 
+#: an input whose GSD is within this factor of one the model was trained at is used as it is
+GSD_TOLERANCE = 1.5
+
+
+def working_scale(model, gsd: float | None) -> float:
+    """The factor to resample an input of ground sampling distance ``gsd`` (m / px) by: 1 when either GSD
+    is unknown or the input's is within ``GSD_TOLERANCE`` of one the model was trained at, else the factor
+    that brings it to the nearest of them (``gsd / trained``, > 1 enlarges)."""
+    trained = model.config.gsd
+    if gsd is None or not trained:
+        return 1.0
+    if gsd <= 0:
+        raise ValueError(f"gsd must be positive, got {gsd}")
+    nearest = min(trained, key=lambda t: abs(math.log(gsd / t)))
+    ratio = gsd / nearest
+    return 1.0 if 1 / GSD_TOLERANCE <= ratio <= GSD_TOLERANCE else ratio
+
+
 @torch.no_grad()
-def predict_mask(model, processor, pair: torch.Tensor) -> np.ndarray:
+def mask_probabilities(
+    model, processor, pair: torch.Tensor, gsd: float | None = None, overlap: int = 32, batch_size: int = 8
+) -> torch.Tensor:
+    """Per-class probabilities ``[K, H, W]`` at the pair's own size (``pair`` ``[2, 3, H, W]`` in [0, 1]).
+
+    The pair is first resampled to the model's GSD when ``gsd`` is given. A pair no larger than the model's
+    size is resized to it (as in training on chips); a larger one is cut into overlapping tiles of the
+    model's size, so its pixels keep their ground resolution instead of being shrunk, and the tiles'
+    probabilities are blended with edge ramps (``geo.tiling.blend_weights``).
+    """
+    from changescope.data.mix import rescale, tile_starts
+    from changescope.geo.tiling import blend_weights
+
+    size = tuple(pair.shape[-2:])
+    scale = working_scale(model, gsd)
+    work = rescale({"image": pair}, scale)["image"] if scale != 1 else pair
+    h, w = work.shape[-2:]
+    t = processor.image_size
+    if h <= t and w <= t:
+        logits = processor.resize_logits(model(processor.resize(work)[None]).mask_logits, size)
+        return logits.softmax(1)[0]
+    if h < t or w < t:  # one side shorter than a tile: pad it (the padding is cropped off below)
+        work = F.pad(work, (0, max(0, t - w), 0, max(0, t - h)))
+    windows = [(y, x) for y in tile_starts(h, t, t - overlap) for x in tile_starts(w, t, t - overlap)]
+    weight = torch.from_numpy(blend_weights(t, overlap))
+    total, norm = None, torch.zeros(work.shape[-2:])
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        tiles = torch.stack([work[..., y : y + t, x : x + t] for y, x in chunk])
+        probs = model(tiles).mask_logits.float().softmax(1)
+        if total is None:
+            total = torch.zeros(probs.shape[1], *work.shape[-2:])
+        for (y, x), p in zip(chunk, probs, strict=True):
+            total[:, y : y + t, x : x + t] += p * weight
+            norm[y : y + t, x : x + t] += weight
+    probs = (total / norm)[:, :h, :w]
+    return processor.resize_logits(probs[None], size)[0] if (h, w) != size else probs
+
+
+def predict_mask(model, processor, pair: torch.Tensor, gsd: float | None = None) -> np.ndarray:
     """Class ids at the pair's own size: ``pair`` ``[2, 3, H, W]`` in [0, 1] -> ``[H, W]`` uint8."""
-    logits = model(processor.resize(pair)[None]).mask_logits
-    logits = processor.resize_logits(logits, pair.shape[-2:])
-    return logits.argmax(1)[0].to(torch.uint8).numpy()
+    return mask_probabilities(model, processor, pair, gsd).argmax(0).to(torch.uint8).numpy()
 
 
 def detect_pair(
-    model, processor, before: str | Path, after: str | Path, min_area: int = MIN_AREA, decoding=None
+    model,
+    processor,
+    before: str | Path,
+    after: str | Path,
+    min_area: int = MIN_AREA,
+    decoding=None,
+    gsd: float | None = None,
 ) -> Detection:
-    """Detect and (if the model captions) describe the changes between two image files."""
+    """Detect and (if the model captions) describe the changes between two image files.
+
+    The caption is the decoder's, unless it says "no change" while the mask holds objects; then it is
+    written from the mask (``caption_source`` says which, see ``tasks/consistency.py``)."""
+    from changescope.tasks.consistency import reconcile
     from changescope.tasks.inference import Decoding, caption_pairs
 
     model.require("mask")
     pair = processor.read_pair(before, after)
     with torch.inference_mode():
-        mask = remove_small_objects(predict_mask(model, processor, pair), min_area)
+        mask = remove_small_objects(predict_mask(model, processor, pair, gsd), min_area)
         caption = (
             caption_pairs(model, processor, pair[None], decoding or Decoding())[0]
             if model.decoder is not None
             else None
         )
+    summary = summarize_mask(mask, list(model.config.classes))
+    text = reconcile(caption, summary)
     result = {
         "before": str(before),
         "after": str(after),
-        "caption": caption,
+        "caption": text.caption,
+        "caption_source": text.source,
+        "model_caption": caption,
         "min_area": min_area,
         "connectivity": 8,
+        "gsd": gsd,
+        "model_gsd": model.config.gsd,
         "class_ids": dict(enumerate(model.config.classes)),
-        **summarize_mask(mask, list(model.config.classes)),
+        **summary,
     }
     return Detection(mask, result)
 

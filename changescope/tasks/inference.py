@@ -75,20 +75,32 @@ def iter_predictions(
     when the model has a decoder, the class-id mask when ``masks`` and it has a mask head. Masks come at
     the sample's label size (its image size when unlabelled): logits are upsampled bilinearly before argmax.
     """
+    from changescope.tasks.detection import mask_probabilities
+
     masks = masks and "mask" in model.tasks
     captions = captions and model.decoder is not None
+    size = processor.image_size
     for indices in _batches(list(range(len(dataset))), decoding.batch_size):
         samples = [dataset[i] for i in indices]
+        # pairs larger than the model's size are mapped tile by tile at their own resolution
+        large = [max(s["image"].shape[-2:]) > size for s in samples]
         out = model(torch.stack([processor.resize(s["image"]) for s in samples]), masks=masks)
         texts: list[str | None] = [None] * len(samples)
         if captions:
             texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
         for i, sample in enumerate(samples):
             mask = None
-            if masks:
-                size = sample["mask"].shape if "mask" in sample else sample["image"].shape[-2:]
-                up = processor.resize_logits(out.mask_logits[i : i + 1], size)
+            if masks and large[i]:
+                mask = mask_probabilities(model, processor, sample["image"], sample.get("gsd")).argmax(0)
+            elif masks:
+                up = processor.resize_logits(out.mask_logits[i : i + 1], sample["image"].shape[-2:])
                 mask = up.argmax(1)[0]
+            if mask is not None and "mask" in sample and mask.shape != sample["mask"].shape:
+                label = tuple(sample["mask"].shape)
+                mask = torch.nn.functional.interpolate(
+                    mask[None, None].float(), size=label, mode="nearest-exact"
+                )
+                mask = mask[0, 0].long()
             yield sample, texts[i], mask
 
 
@@ -97,16 +109,21 @@ def predict_split(
 ) -> tuple[dict[str, str], Any]:
     """Captions by pair id (if the model has a decoder) and a change-mask confusion matrix (if ``masks``
     and the model has a mask head) over every labelled pair of a split."""
+    from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX
     from changescope.metrics.segmentation import ConfusionMatrix
+    from changescope.tasks.data import binary_target
 
     masks = masks and "mask" in model.tasks
-    confusion = ConfusionMatrix(len(model.config.classes)) if masks else None
+    # binary change labels score a class model's changed / unchanged decision
+    binary = masks and tuple(dataset.classes) == BINARY_CLASSES
+    classes = BINARY_CLASSES if binary else model.config.classes
+    confusion = ConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX) if masks else None
     predictions: dict[str, str] = {}
     for sample, text, mask in iter_predictions(model, processor, dataset, decoding, masks, captions):
         if text is not None:
             predictions[sample["id"]] = text
         if confusion is not None and "mask" in sample:
-            confusion.update(mask, sample["mask"])
+            confusion.update(binary_target(mask) if binary else mask, sample["mask"])
     return predictions, confusion
 
 
@@ -129,9 +146,12 @@ def evaluate(
     model, processor, path = load(spec)
     dataset, records = open_pairs(data, split, format)
     records = [r for r in records if r.task in model.tasks]
+    from changescope.data.sample import BINARY_CLASSES
+
     with_masks = "mask" in model.tasks and dataset.has_masks
     with_captions = model.decoder is not None and any(e.captions for e in dataset.entries)
-    if with_masks and list(dataset.classes) != list(model.config.classes):
+    binary = tuple(dataset.classes) == BINARY_CLASSES
+    if with_masks and not binary and list(dataset.classes) != list(model.config.classes):
         raise DataError(
             data,
             f"the data's mask classes {list(dataset.classes)} differ from the model's "
@@ -155,10 +175,8 @@ def evaluate(
             write_jsonl(predictions_out, ({"id": k, "caption": v} for k, v in predictions.items()))
         result.update(score_dataset(predictions, dataset, data, meteor=meteor))
     if confusion is not None:
-        result["detection"] = {
-            **confusion.compute(model.config.classes),
-            "classes": list(model.config.classes),
-        }
+        classes = list(BINARY_CLASSES if binary else model.config.classes)
+        result["detection"] = {**confusion.compute(classes), "classes": classes, "binary": binary}
     if records:
         result.update(score_queries(model, processor, dataset, records, decoding.batch_size))
     training = path / "training.json"
@@ -217,13 +235,29 @@ def check_pair_files(pairs: list[tuple[str, Path, Path]]) -> None:
 
 
 def describe_files(model, processor, pairs: list[tuple[str, Path, Path]], decoding: Decoding) -> list[dict]:
-    """Caption image files; every pair is read and checked before any is captioned (no partial output)."""
+    """Caption image files; every pair is read and checked before any is captioned (no partial output).
+
+    With a mask head, a caption that says "no change" while the model's own mask (at the model's size)
+    holds changed objects is replaced by a sentence written from the mask (``caption_source: "mask"``,
+    see ``tasks/consistency.py``)."""
+    from changescope.tasks.consistency import reconcile
+    from changescope.tasks.detection import MIN_AREA, remove_small_objects, summarize_mask
+
     tensors = [processor.load_pair(a, b) for _, a, b in pairs]
+    masks = "mask" in model.tasks
     rows = []
     with torch.inference_mode():
         for chunk in _batches(list(range(len(pairs))), decoding.batch_size):
             images = torch.stack([tensors[i] for i in chunk])
-            for i, text in zip(chunk, caption_pairs(model, processor, images, decoding), strict=True):
+            out = model(images, masks=masks)
+            texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
+            for k, (i, text) in enumerate(zip(chunk, texts, strict=True)):
                 pair_id, a, b = pairs[i]
-                rows.append({"id": pair_id, "before": str(a), "after": str(b), "caption": text})
+                row = {"id": pair_id, "before": str(a), "after": str(b), "caption": text}
+                if masks:
+                    mask = out.mask_logits[k].argmax(0).to(torch.uint8).numpy()
+                    summary = summarize_mask(remove_small_objects(mask, MIN_AREA), list(model.config.classes))
+                    fixed = reconcile(text, summary)
+                    row.update(caption=fixed.caption, caption_source=fixed.source, model_caption=text)
+                rows.append(row)
     return rows

@@ -126,6 +126,10 @@ class RecordPairs(Dataset):
 
 def open_pairs(data: str | Path, split: str, format: str | None = None, check_files: bool = True):
     """``(pair dataset, its records)``: the reader's pairs, or the records' pairs for question-only data."""
+    from changescope.data.mix import MixedPairs, is_mix_file
+
+    if is_mix_file(data):
+        return MixedPairs(data, split, check_files), []
     fmt = format or detect_format(data)
     records = load_records(data, split, fmt)
     if fmt == "cdvqa":

@@ -79,6 +79,7 @@ def _caption_window(bbox: tuple[int, int, int, int], tile: int, context: float):
 
 def caption_regions(model, processor, pair, features: list[dict], options: SceneOptions) -> list[str | None]:
     """A caption for each of the ``max_captions`` largest regions (None for the rest), batched."""
+    from changescope.tasks.consistency import region_caption, says_no_change
     from changescope.tasks.inference import Decoding, caption_pairs
 
     captions: list[str | None] = [None] * len(features)
@@ -93,7 +94,8 @@ def caption_regions(model, processor, pair, features: list[dict], options: Scene
         ]
         images = torch.stack([processor.resize(pair.read(w)[0]) for w in windows])
         for i, text in zip(batch, caption_pairs(model, processor, images, decoding), strict=True):
-            captions[i] = text
+            # every region is a changed object of the mask: a "no change" caption yields to it
+            captions[i] = region_caption(features[i]["class_name"]) if says_no_change(text) else text
     return captions
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
 from changescope.fileio import write_json_atomic, write_text_atomic
@@ -46,13 +47,13 @@ from changescope.models.heads.query_heads import grounding_loss
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
-from changescope.tasks.data import IGNORE_INDEX, caption_loader
+from changescope.tasks.data import binary_remap, binary_target, caption_loader
 from changescope.tasks.queries import OPEN, attach, open_pairs
 
 pl = require("lightning.pytorch", "train", "training")
 
 CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
-MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg")
+MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg", "change_F1", "change_IoU")
 VQA_MONITORS = ("vqa_OA", "vqa_AA")
 GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
 #: metric -> the task that produces it
@@ -76,6 +77,32 @@ def parse_tasks(value: str | None) -> tuple[str, ...] | None:
     if bad or not tasks:
         raise ChangescopeError(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}; got {value!r}")
     return tuple(t for t in TASKS if t in tasks)
+
+
+#: --freeze name -> the ChangeModel submodules it fixes
+FREEZABLE = {
+    "backbone": ("backbone",),
+    "encoder": ("encoder",),
+    "decoder": ("decoder",),
+    "mask_head": ("mask_head",),
+    "change_head": ("change_head",),
+    "questions": ("question_encoder", "fusion", "answer_head"),
+    "grounding": ("grounding_head",),
+}
+
+
+def parse_freeze(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.strip() == "none":
+        return ()
+    parts = tuple(p.strip() for p in value.split(",") if p.strip())
+    bad = [p for p in parts if p not in FREEZABLE]
+    if bad or not parts:
+        raise ChangescopeError(
+            f"--freeze takes 'none' or a comma-separated subset of {', '.join(FREEZABLE)}; got {value!r}"
+        )
+    return parts
 
 
 def default_monitor(tasks: tuple[str, ...]) -> str:
@@ -121,6 +148,9 @@ class TrainOptions:
     free_form_weight: float = 0.5
     #: questions drawn per pair per visit in training
     questions_per_pair: int = 3
+    #: metres per pixel of the training imagery (one or several), recorded in the model's config
+    #: (None: the init model's)
+    gsd: list[float] | None = None
     #: "minilm" or "words": overrides the preset's question encoder
     question_encoder: str | None = None
     #: a saved model to start from (weights whose names and shapes match)
@@ -129,6 +159,11 @@ class TrainOptions:
     limit_pairs: int | None = None
     #: precompute frozen backbone features once (ignored when the backbone trains)
     cache_features: bool = True
+    #: parts kept fixed: a comma-separated subset of FREEZABLE, "none", or None (automatic: with --init,
+    #: the change encoder when the init model has heads this run does not train, so they keep their inputs)
+    freeze: str | None = None
+    #: random quarter turns and mirrors of cached features and masks in mask-only training
+    augment: bool = True
     accelerator: str = "auto"
     devices: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +180,7 @@ class TrainOptions:
         if not self.data or not self.out:
             raise ChangescopeError("training needs --data and --out")
         parse_tasks(self.tasks)
+        parse_freeze(self.freeze)
         if self.monitor is not None:
             parse_monitor(self.monitor)
         for name in ("epochs", "batch_size", "min_freq", "devices", "questions_per_pair"):
@@ -175,6 +211,34 @@ class ChangeTask(pl.LightningModule):
         self.tasks = tuple(parse_tasks(options.tasks) or self.model.tasks)
         self._answer_ids = {a: i for i, a in enumerate(config.answers)}
         self._type_ids = {t: i for i, t in enumerate(config.qtypes)}
+        self._binary_confusion = None
+        self.frozen: tuple[str, ...] = ()
+
+    def freeze(self, parts: tuple[str, ...]) -> None:
+        """Fix these parts (``FREEZABLE`` names): no gradients, and kept in eval mode (dropout off,
+        batch-norm statistics unchanged) while the rest trains."""
+        self.frozen = tuple(parts)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def _frozen_modules(self):
+        for part in self.frozen:
+            for name in FREEZABLE[part]:
+                module = getattr(self.model, name, None)
+                if isinstance(module, torch.nn.Module):
+                    yield module
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores the train / eval modes it saw before fit and validation: re-fix them here
+        for module in self._frozen_modules():
+            module.eval()
 
     def _forward(self, batch):
         pixels = "grounding" in self.tasks
@@ -190,8 +254,10 @@ class ChangeTask(pl.LightningModule):
             caption_loss = self.model.decoder.loss(out.memory, batch["tokens"])
             self.log("train/caption_loss", caption_loss, batch_size=size)
             loss = loss + caption_loss
-        if out.mask_logits is not None:
-            masks = mask_loss(out.mask_logits, batch["mask"], IGNORE_INDEX, self.options.dice_weight)
+        if out.mask_logits is not None and "mask" in self.tasks:
+            masks = mask_loss(
+                out.class_logits, batch["mask"], IGNORE_INDEX, self.options.dice_weight, out.change_logit
+            )
             self.log("train/mask_loss", masks, batch_size=size)
             loss = loss + self.options.mask_weight * masks
         if "vqa" in self.tasks and batch["questions"]:
@@ -252,7 +318,10 @@ class ChangeTask(pl.LightningModule):
         if "mask" in self.tasks and out.mask_logits is not None:
             if self._confusion is None:
                 self._confusion = ConfusionMatrix(len(self.model.config.classes), ignore_index=IGNORE_INDEX)
-            self._confusion.update(out.mask_logits.argmax(1), batch["mask"])
+                self._binary_confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
+            pred, target = out.mask_logits.argmax(1), batch["mask"]
+            self._confusion.update(pred, target.masked_fill(target == UNKNOWN_CHANGE, IGNORE_INDEX))
+            self._binary_confusion.update(pred > 0, binary_target(target))
         if "caption" not in self.tasks:
             return
         sequences = self.model.decoder.generate(out.memory, beam_size=1)
@@ -290,6 +359,7 @@ class ChangeTask(pl.LightningModule):
             self._ious += ious
         if self._confusion is not None:
             dist.all_reduce(self._confusion.matrix)
+            dist.all_reduce(self._binary_confusion.matrix)
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
@@ -302,8 +372,11 @@ class ChangeTask(pl.LightningModule):
             values.update(self._caption_scores())
         if self._confusion is not None:
             scores = self._confusion.compute(self.model.config.classes)
-            values.update({k: float(scores[k]) for k in MASK_MONITORS if scores[k] is not None})
-            self._confusion = None
+            values.update({k: float(scores[k]) for k in MASK_MONITORS if scores.get(k) is not None})
+            binary = self._binary_confusion.compute(BINARY_CLASSES)
+            for key, name in (("change_F1", "F1"), ("change_IoU", "IoU")):
+                values[key] = float(binary["per_class"]["change"][name] or 0.0)
+            self._confusion = self._binary_confusion = None
         if self._answers:
             from changescope.metrics.vqa import vqa_scores
 
@@ -510,7 +583,14 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
     if options.pretrained is not None:
         overrides["backbone_pretrained"] = options.pretrained
     overrides["classes"] = list(train_ds.classes) if "mask" in tasks else []
+    if options.gsd is not None:
+        overrides["gsd"] = _gsd_list(options.gsd)
     config = build_config(options.preset, len(vocab) if vocab else 0, **overrides)
+    if options.init:
+        config, vocab = _keep_init_heads(options, config, vocab, tasks)
+    if "mask" in tasks and not config.change_head_kwargs and _unknown_changes(train_ds, config):
+        # changes of unknown class can only train a change head: give the model one
+        config.change_head_kwargs = {"channels": 64}
     options.tasks = ",".join(tasks)
     options.monitor = options.monitor or default_monitor(tasks)
     missing = {METRIC_TASK[m] for m in parse_monitor(options.monitor)} - set(tasks)
@@ -525,6 +605,82 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
         },
     )
     return config, vocab
+
+
+#: config fields that belong to each task's head
+TASK_FIELDS = {
+    "caption": ("vocab_size",),
+    "mask": ("classes",),
+    "vqa": ("answers", "qtypes", "answer_types"),
+    "grounding": ("grounding",),
+}
+
+
+def _keep_init_heads(
+    options: TrainOptions, config: ModelConfig, vocab: Vocabulary | None, tasks: tuple[str, ...]
+) -> tuple[ModelConfig, Vocabulary | None]:
+    """Fine-tuning: the init model's architecture, with its heads of the tasks this run does not train kept
+    as they are (so ``--init default --data MYPAIRS`` improves the change map and still captions and
+    answers). Binary change data keeps the init model's classes (its changes train the change logit)."""
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(options.init)
+    init = ModelConfig.load(path / "config.json")
+    merged = ModelConfig.from_dict(init.to_dict(), path)
+    for task in tasks:
+        for name in TASK_FIELDS[task]:
+            setattr(merged, name, getattr(config, name))
+    if "mask" in tasks:
+        if init.classes and binary_remap(config.classes, init.classes):
+            merged.classes = list(init.classes)
+        merged.change_head_kwargs = init.change_head_kwargs or config.change_head_kwargs
+    if options.gsd is not None:
+        merged.gsd = _gsd_list(options.gsd)
+    if options.image_size is not None:
+        merged.image_size = options.image_size
+    if "caption" not in tasks and init.vocab_size and (path / "vocab.json").is_file():
+        vocab = Vocabulary.load(path / "vocab.json")
+    return merged, vocab
+
+
+def _unknown_changes(dataset, config: ModelConfig) -> bool:
+    """Whether the training data holds changes of unknown class for this model (binary labels)."""
+    return any(getattr(dataset, "remaps", ())) or binary_remap(dataset.classes, config.classes)
+
+
+def _gsd_list(value) -> list[float]:
+    values = [value] if isinstance(value, (int, float, str)) else list(value)
+    try:
+        out = sorted(float(v) for v in values)
+    except ValueError:
+        raise ChangescopeError(f"--gsd takes metres per pixel (numbers), got {value!r}") from None
+    if not out or out[0] <= 0:
+        raise ChangescopeError(f"--gsd must be positive, got {value!r}")
+    return out
+
+
+def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """What a run keeps fixed: ``--freeze`` when given; otherwise, fine-tuning from ``--init``, the change
+    encoder whenever the model has heads this run does not train (their inputs must not move)."""
+    explicit = parse_freeze(options.freeze)
+    if explicit is not None:
+        return explicit
+    if not options.init:
+        return ()
+    model_tasks = {
+        "caption": config.vocab_size > 0,
+        "mask": bool(config.classes),
+        "vqa": bool(config.answers),
+        "grounding": config.grounding,
+    }
+    untrained = [t for t, has in model_tasks.items() if has and t not in tasks]
+    heads = {"caption": "decoder", "mask": "mask_head", "vqa": "questions", "grounding": "grounding"}
+    frozen = (["encoder"] if untrained else []) + [heads[t] for t in untrained]
+    if "grounding" in untrained and "mask_head" not in frozen:
+        # grounding reads the mask head's fused map: that map must not move, so only the change head
+        # (the change / no-change decision) learns
+        frozen.append("mask_head")
+    return tuple(frozen)
 
 
 def _extend_init_vocab(init: str, vocab: Vocabulary) -> Vocabulary:
@@ -619,6 +775,9 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
     if options.init and not resume and launched_rank == 0:
         counts = load_init_weights(task.model, options.init)
         print(f"--init {options.init}: {counts}", flush=True)
+    task.freeze(_default_freeze(options, config, tasks))
+    if task.frozen:
+        print(f"kept fixed: {', '.join(task.frozen)}", flush=True)
 
     def loader(split: str, train_mode: bool):
         dataset, records = open_pairs(options.data, split, options.format)
@@ -643,6 +802,8 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
             queries=queries,
             questions=options.questions_per_pair,
             open_prompts="vqa" in tasks and "caption" in tasks,
+            remap_binary="mask" in tasks and binary_remap(dataset.classes, config.classes),
+            augment=options.augment,
         )
 
     monitor = f"val/{options.monitor}"

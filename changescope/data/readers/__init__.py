@@ -19,6 +19,13 @@ FORMATS: dict[str, str] = {
     "second-cc": "changescope.data.readers.second:SecondCC",
     "cdvqa": "changescope.data.readers.cdvqa:CDVQA",
     "synthchange": "changescope.data.readers.synthchange:SynthChange",
+    # change detection: binary change masks, no captions (changescope/data/readers/changedetection.py)
+    "folder": "changescope.data.readers.changedetection:ChangeFolder",
+    "sztaki": "changescope.data.readers.changedetection:SztakiAirChange",
+    "oscd": "changescope.data.readers.changedetection:OSCD",
+    "xbd": "changescope.data.readers.changedetection:XBD",
+    "landsat": "changescope.data.readers.changedetection:LandsatSparse",
+    "triplets": "changescope.data.readers.changedetection:SceneTriplets",
 }
 
 
@@ -47,6 +54,13 @@ def detect_format(root: str | Path) -> str:
         p.is_dir() for p in (root / "description_jsontr_te_val", *root.glob("*/description_jsontr_te_val"))
     ):
         return "dubai-cc"
+    # change-detection layouts, after every caption format: SZTAKI, OSCD, xBD, Landsat, then the generic
+    # A/B/label folder, then a search for <name>_gt single-scene triplets
+    from changescope.data.readers.changedetection import detect
+
+    found = detect(root)
+    if found is not None:
+        return found
     raise DataError(
         root, f"cannot tell the dataset format from its files; pass --format (one of {', '.join(FORMATS)})"
     )

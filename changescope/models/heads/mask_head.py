@@ -9,6 +9,15 @@ decoder reads), which is what makes captioning and detection one model with shar
 Differs from MCI: a plain FPN-style top-down path (MCI interleaves its bi-temporal iterative interaction
 layers with the decoder); |B - A| instead of MCI's learned difference; logits are upsampled bilinearly from
 stride 4 rather than through transposed convolutions.
+
+A second instance with ``binary=True`` and no classes is the model's *change head*: it predicts
+*whether* a pixel changed (one logit), separately from *what* it became (the class logits). Real
+change-detection data mostly has binary labels (LEVIR-CD, WHU-CD, OSCD, SZTAKI...), so the change /
+no-change decision can learn from every dataset while the classes learn from the data that names them,
+and a trained model's class head (and the grounding head, which reads its fused map) stay as they were
+when a change head is added and fine-tuned on real pairs. ``compose`` turns the two into one score map
+whose argmax is "no change" where P(change) <= 0.5 and otherwise the most likely change class, so every
+consumer of class scores (argmax, tile blending) stays the same.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from changescope.data.sample import UNKNOWN_CHANGE
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -37,6 +48,8 @@ class ChangeMaskHead(nn.Module):
         context_dim: width of the change encoder's tokens added at the deepest level (None: not used).
         two_stream: levels hold both dates (``[B, 2, C, h, w]``); False for a single-stream backbone whose
             levels are already joint (``[B, 1, C, h, w]``).
+        binary: add the change / no-change logit (see the module docstring); with ``num_classes=0`` it is
+            the only output.
     """
 
     def __init__(
@@ -46,6 +59,7 @@ class ChangeMaskHead(nn.Module):
         channels: int = 64,
         context_dim: int | None = None,
         two_stream: bool = True,
+        binary: bool = False,
     ):
         super().__init__()
         if num_classes == 1 or num_classes < 0:
@@ -60,6 +74,9 @@ class ChangeMaskHead(nn.Module):
             nn.Sequential(_conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, num_classes, 1))
             if num_classes
             else None
+        )
+        self.binary = (
+            nn.Sequential(_conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, 1, 1)) if binary else None
         )
 
     def _fused(self, index: int, level: Tensor) -> Tensor:
@@ -76,7 +93,9 @@ class ChangeMaskHead(nn.Module):
         return self.classify(self.decode(levels, context), size)
 
     def classify(self, fused: Tensor, size: tuple[int, int]) -> Tensor:
-        logits = self.classifier(fused)
+        """Class logits ``[B, K, *size]``, then the change logit as one more channel when ``binary``."""
+        parts = [head(fused) for head in (self.classifier, self.binary) if head is not None]
+        logits = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def decode(self, levels: list[Tensor], context: Tensor | None = None) -> Tensor:
@@ -94,12 +113,61 @@ class ChangeMaskHead(nn.Module):
         return x
 
 
-def mask_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, dice_weight: float = 1.0) -> Tensor:
-    """Cross-entropy plus ``dice_weight`` x multi-class soft Dice (over the batch, all classes).
+def compose(class_logits: Tensor, change_logit: Tensor | None) -> Tensor:
+    """One score map ``[B, K, H, W]`` from class logits and an optional change logit.
+
+    Background scores log P(no change); class k scores log P(change) + log q_k - max_j log q_j, where q is
+    the softmax over the change classes only. So the argmax is background exactly where P(change) <= 0.5,
+    and otherwise the most likely change class; the softmax of the map is a usable per-class weight for
+    blending overlapping tiles. Without a change logit the class logits are returned as they are.
+    """
+    if change_logit is None:
+        return class_logits
+    change = change_logit.float().unsqueeze(1)
+    log_q = class_logits[:, 1:].float().log_softmax(dim=1)
+    log_q = log_q - log_q.amax(dim=1, keepdim=True)
+    return torch.cat([F.logsigmoid(-change), F.logsigmoid(change) + log_q], dim=1)
+
+
+def mask_loss(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = 255,
+    dice_weight: float = 1.0,
+    change_logit: Tensor | None = None,
+) -> Tensor:
+    """Cross-entropy plus ``dice_weight`` x multi-class soft Dice (over the batch, all classes), plus the
+    same pair of terms for the change logit when there is one.
 
     Dice keeps the small change classes from being drowned by background pixels, which cover most of a
-    change-detection image; pixels equal to ``ignore_index`` (pairs without a label) count in neither term.
+    change-detection image; pixels equal to ``ignore_index`` (pairs without a label) count in no term.
+    ``UNKNOWN_CHANGE`` pixels (changed, class not given) count as change for the change logit and in
+    neither class term.
     """
+    if change_logit is not None:
+        return _class_loss(
+            logits, target.masked_fill(target == UNKNOWN_CHANGE, ignore_index), ignore_index, dice_weight
+        ) + binary_loss(change_logit, target, ignore_index, dice_weight)
+    return _class_loss(logits, target, ignore_index, dice_weight)
+
+
+def binary_loss(change_logit: Tensor, target: Tensor, ignore_index: int = 255, dice_weight: float = 1.0):
+    """BCE + ``dice_weight`` x soft Dice of the change class, over labelled pixels (target 0 = no change,
+    anything else but ``ignore_index`` = change)."""
+    valid = target != ignore_index
+    if not valid.any():
+        return change_logit.sum() * 0
+    changed = ((target > 0) & valid).float()
+    logit = change_logit.float()
+    loss = F.binary_cross_entropy_with_logits(logit[valid], changed[valid])
+    if dice_weight <= 0:
+        return loss
+    probs = logit.sigmoid() * valid
+    dice = (2 * (probs * changed).sum() + 1) / (probs.sum() + changed.sum() + 1)
+    return loss + dice_weight * (1 - dice)
+
+
+def _class_loss(logits: Tensor, target: Tensor, ignore_index: int, dice_weight: float) -> Tensor:
     valid = (target != ignore_index).unsqueeze(1)
     if not valid.any():  # a batch of unlabelled pairs: cross-entropy would be NaN
         return logits.sum() * 0

@@ -1,0 +1,318 @@
+"""Real change data in training and inference (issue 12): the change head, binary labels mixed into class
+data, tiles of large pairs, mix files, fine-tuning with --init, GSD, and captions that agree with masks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from changescope.data.sample import IGNORE_INDEX, UNKNOWN_CHANGE
+from changescope.errors import DataError
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+TINY_YAML = """\
+preset: lite
+epochs: 1
+batch_size: 16
+min_freq: 1
+image_size: 64
+pretrained: false
+seed: 3
+overrides:
+  encoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4}
+  decoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4, ffn_dim: 64, max_len: 24}
+  mask_head_kwargs: {channels: 16}
+  change_head_kwargs: {channels: 16}
+"""
+
+
+def cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "changescope", *map(str, args)], capture_output=True, text=True
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def binary_folder(root: Path, size=(100, 150)) -> Path:
+    """A generic change-detection folder (train / val splits) of pairs larger than the tiny model's size:
+    a bright square appears in B, labelled 255."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            a = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
+            b = a.copy()
+            label = np.zeros((h, w), np.uint8)
+            y, x = 10 + 20 * i, 30 + 25 * i
+            b[y : y + 30, x : x + 30] = 230
+            label[y : y + 30, x : x + 30] = 255
+            for sub, arr in (("A", a), ("B", b), ("label", label)):
+                (root / split / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / split / sub / f"{split}_{i}.png")
+    return root
+
+
+# -- the change head and its losses ---------------------------------------------------------------------
+
+
+def test_compose_says_no_change_exactly_where_the_change_probability_is_at_most_a_half():
+    from changescope.models.heads.mask_head import compose
+
+    classes = torch.randn(1, 4, 8, 8) * 3
+    change = torch.linspace(-4, 4, 64).reshape(1, 8, 8)
+    pred = compose(classes, change).argmax(1)
+    assert torch.equal(pred == 0, torch.sigmoid(change) <= 0.5)
+    best = classes[:, 1:].argmax(1) + 1
+    assert torch.equal(pred[pred > 0], best[pred > 0])
+    assert torch.equal(compose(classes, None), classes)
+
+
+def test_unknown_change_pixels_train_the_change_logit_and_no_class():
+    from changescope.models.heads.mask_head import mask_loss
+
+    classes = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    change = torch.zeros(1, 4, 4, requires_grad=True)
+    target = torch.full((1, 4, 4), UNKNOWN_CHANGE)
+    target[0, 0, 0] = 0
+    target[0, 0, 1] = IGNORE_INDEX
+    mask_loss(classes, target, IGNORE_INDEX, 1.0, change).backward()
+    class_grad = classes.grad.abs().sum(1)[0]
+    assert class_grad[0, 0] > 0 and class_grad[1:].sum() == 0 and class_grad[0, 1] == 0
+    assert change.grad[0, 1:].abs().min() > 0 and change.grad[0, 0, 1] == 0  # ignored pixel: no gradient
+
+
+def test_a_model_with_a_change_head_saves_and_loads_it(tmp_path):
+    from changescope.models.change_model import ChangeModel
+    from changescope.models.hub import from_pretrained, save_pretrained
+    from changescope.models.presets import build_config
+    from changescope.models.processor import ChangeProcessor
+
+    config = build_config(
+        "lite", 0, classes=["background", "building"], backbone_pretrained=False, image_size=64, gsd=[0.5, 10]
+    )
+    model = ChangeModel(config).eval()
+    assert model.change_head is not None
+    save_pretrained(model, ChangeProcessor(None, 64, 24), tmp_path / "m")
+    loaded, _ = from_pretrained(tmp_path / "m")
+    pair = torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pair).mask_logits, model(pair).mask_logits)
+    assert loaded.config.gsd == [0.5, 10]
+
+
+# -- tiles and mixes ------------------------------------------------------------------------------------
+
+
+def test_tiles_cover_a_large_pair_at_its_own_resolution_and_pad_small_ones(tmp_path):
+    from changescope.data.mix import TiledPairs, tile_starts
+    from changescope.data.readers import open_dataset
+
+    assert tile_starts(150, 64, 64) == [0, 64, 86] and tile_starts(40, 64, 64) == [0]
+    dataset = open_dataset(binary_folder(tmp_path / "cd"), "train", "folder")
+    tiles = TiledPairs(dataset, tile=64)
+    assert len(tiles) == 3 * 2 * 3  # rows [0, 36] x cols [0, 64, 86] per pair
+    first, source = tiles[0], dataset[0]
+    assert first["id"] == f"{source['id']}@0,0" and first["image"].shape == (2, 3, 64, 64)
+    torch.testing.assert_close(first["image"], source["image"][..., :64, :64])
+    last = tiles[5]
+    torch.testing.assert_close(last["mask"], source["mask"][36:, 86:])
+    half = TiledPairs(dataset, tile=64, scale=0.5)  # 50 x 75: one row, two columns, the row padded
+    sample = half[0]
+    assert len(half) == 3 * 2 and sample["image"].shape == (2, 3, 64, 64)
+    assert (sample["mask"][50:] == IGNORE_INDEX).all() and (sample["image"][..., 50:, :] == 0).all()
+
+
+def test_a_mix_file_joins_class_data_and_binary_data(tmp_path, synth):
+    from changescope.data.mix import MixedPairs
+
+    binary_folder(tmp_path / "cd")
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"tile: 64\nsources:\n  - {synth}\n  - path: cd\n    format: folder\n    repeat: 2\n")
+    dataset = MixedPairs(mix, "train")
+    assert dataset.classes[0] == "background" and len(dataset.classes) == 5  # SynthChange's classes
+    synth_train = sum(1 for p in (synth / "images/train/A").iterdir())
+    assert len(dataset) == synth_train + 2 * 18
+    tile = dataset[len(dataset) - 1]
+    values = set(tile["mask"].unique().tolist())
+    assert values <= {0, UNKNOWN_CHANGE} and UNKNOWN_CHANGE in values | {UNKNOWN_CHANGE}
+    assert any(UNKNOWN_CHANGE in dataset[i]["mask"] for i in range(synth_train, len(dataset)))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sources: []\n", "non-empty list"),
+        ("sources:\n  - path: x\n    repeat: 0\n", "repeat must be an integer"),
+        ("sources:\n  - path: x\n    weight: 2\n", "unknown keys"),
+        ("tile: 64\nsauces: []\n", "needs .sources."),
+        ("sources: [unclosed\n", "not a readable mix file"),
+    ],
+)
+def test_a_bad_mix_file_is_one_line_naming_it(tmp_path, text, message):
+    from changescope.data.mix import MixedPairs
+
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        MixedPairs(mix, "train")
+    assert str(mix) in str(err.value) and "\n" not in str(err.value)
+
+
+# -- inference at the input's resolution ----------------------------------------------------------------
+
+
+def test_large_pairs_are_mapped_tile_by_tile_not_shrunk():
+    from changescope.models.change_model import ChangeModel
+    from changescope.models.presets import build_config
+    from changescope.models.processor import ChangeProcessor
+    from changescope.tasks.detection import mask_probabilities
+
+    config = build_config(
+        "lite", 0, classes=["background", "change"], backbone_pretrained=False, image_size=64
+    )
+    model, processor = ChangeModel(config).eval(), ChangeProcessor(None, 64, 24)
+    pair = torch.rand(2, 3, 64, 128)
+    probs = mask_probabilities(model, processor, pair, overlap=0)
+    assert probs.shape == (2, 64, 128)
+    with torch.no_grad():
+        left = model(pair[None, ..., :64]).mask_logits.softmax(1)[0]
+        right = model(pair[None, ..., 64:]).mask_logits.softmax(1)[0]
+    torch.testing.assert_close(probs, torch.cat([left, right], dim=-1))
+    torch.testing.assert_close(mask_probabilities(model, processor, pair).sum(0), torch.ones(64, 128))
+
+
+def test_inputs_are_resampled_only_when_their_gsd_is_far_from_the_trained_ones():
+    from changescope.tasks.detection import working_scale
+
+    class Model:
+        class config:  # noqa: N801 - stands in for a ModelConfig
+            gsd = [0.5, 10.0]
+
+    assert working_scale(Model, None) == 1.0 and working_scale(Model, 0.6) == 1.0
+    assert working_scale(Model, 12.0) == 1.0
+    assert working_scale(Model, 2.0) == pytest.approx(4.0)  # nearest 0.5 m: enlarge 4x
+    assert working_scale(Model, 60.0) == pytest.approx(6.0)  # nearest 10 m
+    Model.config.gsd = None
+    assert working_scale(Model, 2.0) == 1.0
+
+
+# -- captions that agree with masks ---------------------------------------------------------------------
+
+
+def test_no_change_sentences_are_recognised_and_change_sentences_are_not():
+    from changescope.data.readers.levir import LEVIR_NO_CHANGE
+    from changescope.tasks.consistency import says_no_change
+
+    assert all(says_no_change(s) for s in LEVIR_NO_CHANGE)
+    assert says_no_change("The scene remains unchanged.")
+    for text in ("two buildings have been built at the top", "a road is built along the trees", "", None):
+        assert not says_no_change(text)
+
+
+def test_a_no_change_caption_gives_way_to_the_mask_objects():
+    from changescope.tasks.consistency import agrees, caption_from_mask, reconcile
+    from changescope.tasks.detection import summarize_mask
+
+    mask = np.zeros((90, 90), np.uint8)
+    mask[2:20, 2:20] = 2  # a large building at the top left
+    mask[70:75, 40:45] = 2
+    mask[50:52, 60:80] = 1
+    summary = summarize_mask(mask, ["background", "road", "building"])
+    sentence = caption_from_mask(summary)
+    assert sentence == "two buildings have changed at the top left and a road changed nearby"
+    fixed = reconcile("the two scenes seem identical", summary)
+    assert fixed.source == "mask" and fixed.caption == sentence
+    assert reconcile("a house was built", summary).source == "model"
+    empty = summarize_mask(np.zeros((8, 8), np.uint8), ["background", "change"])
+    assert caption_from_mask(empty) is None and reconcile("no change has occurred", empty).source == "model"
+    assert agrees("no change has occurred", empty) and not agrees("the two scenes seem identical", summary)
+    binary = summarize_mask((mask > 0).astype(np.uint8), ["background", "change"])
+    assert caption_from_mask(binary) == "three changed areas have appeared at the top left"
+
+
+# -- fine-tuning a trained model on binary pairs, through the command -----------------------------------
+
+
+def test_fine_tuning_with_init_keeps_the_other_heads_and_learns_a_change_head(tmp_path, synth):
+    from safetensors.torch import load_file
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML.replace("{channels: 16}\n", "{}\n"))  # a model without a change head
+    cli("train", "--config", config, "--data", synth, "--out", tmp_path / "base")
+    base = tmp_path / "base" / "model"
+    assert json.loads((base / "config.json").read_text())["change_head_kwargs"] == {}
+
+    out = tmp_path / "tuned"
+    data = binary_folder(tmp_path / "cd")
+    run = cli(
+        "train",
+        "--config",
+        config,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--init",
+        base,
+        "--tasks",
+        "mask",
+        "--gsd",
+        "1.5",
+        "--monitor",
+        "change_F1",
+        "--lr",
+        "1e-3",
+    )
+    assert "kept fixed: encoder, decoder" in run.stdout
+    tuned = json.loads((out / "model" / "config.json").read_text())
+    assert tuned["classes"] == json.loads((base / "config.json").read_text())["classes"]
+    assert tuned["change_head_kwargs"] and tuned["gsd"] == [1.5] and tuned["vocab_size"] > 0
+    old, new = load_file(str(base / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    for name in old:
+        if name.startswith(("decoder.", "encoder.")):  # kept fixed, batch-norm statistics included
+            torch.testing.assert_close(new[name], old[name], msg=name)
+    assert any(name.startswith("change_head.") for name in new)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= row["val/change_F1"] <= 1
+
+    a, b = data / "val/A/val_0.png", data / "val/B/val_0.png"
+    result = json.loads(cli("detect", out, a, b, "--json", "--gsd", "1.5").stdout)
+    assert result["caption_source"] in ("model", "mask") and result["model_gsd"] == [1.5]
+    assert result["size"] == [150, 100]
+    evaluated = json.loads(cli("evaluate", out, "--data", data, "--split", "val", "--json").stdout)
+    assert evaluated["detection"]["binary"] and evaluated["detection"]["classes"] == ["background", "change"]
+
+
+# -- the real pairs of ../shared/realdata ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata (the real labelled pairs) is absent")
+def test_the_training_mix_of_the_default_reads_every_real_source():
+    from changescope.data.mix import read_mix
+
+    mix = Path(__file__).resolve().parents[1] / "benchmarks" / "mixes" / "realdata.yaml"
+    spec = read_mix(mix)
+    real = [s for s in spec["sources"] if "realdata" in s.path]
+    assert len(real) == 5 and all(Path(s.path).is_dir() for s in real)
+    from changescope.data.readers import open_dataset
+
+    for source in real:
+        train, val = (open_dataset(source.path, split, source.format) for split in ("train", "val"))
+        assert len(train) and len(val), source.path
+        assert not {e.id for e in train.entries} & {e.id for e in val.entries}
+
+
+def test_a_scene_region_never_keeps_a_no_change_caption():
+    from changescope.tasks.consistency import region_caption, says_no_change
+
+    for name in ("change", "building", "road", "tree", "water"):
+        assert not says_no_change(region_caption(name))
+    assert region_caption("change") == "a changed area has appeared here"
