@@ -452,6 +452,9 @@ def scene(
     max_captions: int = typer.Option(50, "--max-captions", help="Caption the N largest regions."),
     beam: int = typer.Option(1, "--beam", help="Beam size of the region captions."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    gsd: float | None = typer.Option(
+        None, "--gsd", help="Metres per pixel (default: from A's georeference); see summary 'resolution'."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     """Map what changed between two co-registered scenes of any size.
@@ -481,7 +484,10 @@ def scene(
         max_captions=max_captions,
         beam=beam,
         device=device,
+        gsd=gsd,
     )
+    if gsd is not None and not gsd > 0:
+        raise typer.BadParameter("--gsd must be a positive number of metres per pixel")
     summary = run_scene(before, after, out, model, options, progress=not as_json)
     if as_json:
         _echo_json(summary)

@@ -281,7 +281,9 @@ def test_fine_tuning_with_init_keeps_the_other_heads_and_learns_a_change_head(tm
             torch.testing.assert_close(new[name], old[name], msg=name)
     assert any(name.startswith("change_head.") for name in new)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert 0 <= row["val/change_F1"] <= 1
+    assert 0 <= row["val/change_F1"] <= row["val/change_F1_cal"] + 1e-6 <= 1 + 1e-6
+    assert tuned["change_threshold"] == pytest.approx(row["val/change_threshold"])  # calibrated, saved
+    assert 0 < tuned["change_threshold"] < 1
 
     a, b = data / "val/A/val_0.png", data / "val/B/val_0.png"
     result = json.loads(cli("detect", out, a, b, "--json", "--gsd", "1.5").stdout)
@@ -316,3 +318,54 @@ def test_a_scene_region_never_keeps_a_no_change_caption():
     for name in ("change", "building", "road", "tree", "water"):
         assert not says_no_change(region_caption(name))
     assert region_caption("change") == "a changed area has appeared here"
+
+
+def test_scenes_far_from_the_trained_gsd_are_read_in_larger_or_smaller_tiles():
+    rasterio = pytest.importorskip("rasterio")
+    from affine import Affine
+
+    from changescope.geo.raster import pixel_size_m
+    from changescope.tasks.scene import SceneOptions, _resolution
+
+    utm = rasterio.crs.CRS.from_epsg(32633)
+    assert pixel_size_m(utm, Affine(2, 0, 500000, 0, -2, 5000000), 100, 100) == 2.0
+    wgs84 = rasterio.crs.CRS.from_epsg(4326)
+    at_60n = pixel_size_m(wgs84, Affine(1e-4, 0, 10, 0, -1e-4, 60.005), 100, 100)
+    assert at_60n == pytest.approx((1e-4 * 0.5 + 1e-4) / 2 * 111_320, rel=1e-3)
+
+    class Model:
+        class config:  # noqa: N801 - stands in for a ModelConfig
+            gsd, image_size = [0.5], 256
+
+    class Pair:
+        crs, transform, width, height, georeferenced = utm, Affine(2, 0, 0, 0, -2, 0), 4096, 4096, True
+
+    res = _resolution(Model, Pair, SceneOptions())
+    assert res["gsd_m"] == 2.0 and res["resampled_by"] == 4.0
+    assert res["tile_source_px"] == 64 and res["overlap_source_px"] == 8
+    same = _resolution(Model, Pair, SceneOptions(gsd=0.6))
+    assert same["resampled_by"] == 1.0 and same["tile_source_px"] == 256 and same["gsd_source"] == "--gsd"
+
+
+def test_an_answer_never_denies_a_change_the_mask_shows():
+    from types import SimpleNamespace
+
+    from changescope.tasks.vqa import _agree_with_mask
+
+    logits = torch.zeros(1, 3, 32, 32)
+    logits[0, 0] = 1.0
+    logits[0, 2, 4:14, 4:14] = 5.0  # a 10 x 10 building
+    model = SimpleNamespace(config=SimpleNamespace(classes=["background", "road", "building"]))
+    out = SimpleNamespace(mask_logits=logits)
+    closed = {"answer": "no", "type": "change_or_not", "free_form": False}
+    assert _agree_with_mask(model, out, closed, 10) == {
+        "answer_source": "mask",
+        "answer": "yes",
+        "model_answer": "no",
+    }
+    free = {"answer": "the two scenes seem identical", "type": "open", "free_form": True}
+    fixed = _agree_with_mask(model, out, free, 10)
+    assert fixed["answer"] == "a building has changed at the top left" and fixed["answer_source"] == "mask"
+    assert _agree_with_mask(model, out, {**closed, "answer": "yes"}, 10) == {"answer_source": "model"}
+    out.mask_logits = torch.zeros(1, 3, 32, 32).index_fill_(1, torch.tensor([0]), 1.0)
+    assert _agree_with_mask(model, out, closed, 10) == {"answer_source": "model"}

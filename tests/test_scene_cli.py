@@ -66,6 +66,7 @@ def test_scene_maps_changes_on_a_grid_and_reports_them(tmp_path, utm_scene):
         assert row["regions"] == len(mine)
         assert row["area_m2"] == pytest.approx(sum(p["area_m2"] for p in mine), abs=0.05)
     assert summary["crs"] == "EPSG:32633" and summary["stretch"]["rule"].startswith("identity")
+    assert summary["resolution"]["gsd_m"] == 0.5 and summary["resolution"]["gsd_source"] == "georeference"
     assert "<img" in (out / "report.html").read_text()
 
 

@@ -385,3 +385,21 @@ def aligned_pair(
         scene_a.close()
         raise
     return AlignedPair(scene_a, b_on_a, rule, window)
+
+
+def pixel_size_m(crs, transform, width: int, height: int) -> float | None:
+    """The ground sampling distance of a grid in metres per pixel (mean of both axes): from the CRS's
+    linear unit when projected, from degrees at the grid's centre latitude when geographic; None without
+    a CRS."""
+    if crs is None:
+        return None
+    size_x, size_y = abs(transform.a), abs(transform.e)
+    if crs.is_projected:
+        try:
+            factor = float(crs.linear_units_factor[1])
+        except Exception:  # noqa: BLE001 - GDAL raises CRSError for a CRS without linear units
+            factor = 1.0
+        return (size_x + size_y) / 2 * factor
+    lat = transform.f + transform.e * height / 2
+    metres_per_degree = 111_320.0
+    return (size_x * math.cos(math.radians(lat)) + size_y) / 2 * metres_per_degree

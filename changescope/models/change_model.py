@@ -26,7 +26,7 @@ from changescope.models.config import ModelConfig
 from changescope.models.encoders import ENCODERS, build_encoder
 from changescope.models.encoders.layers import to_map
 from changescope.models.heads.caption_decoder import CaptionDecoder
-from changescope.models.heads.mask_head import ChangeMaskHead, compose
+from changescope.models.heads.mask_head import ChangeMaskHead, compose, upsample
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
 from changescope.models.question_encoder import build_question_encoder
 
@@ -98,7 +98,8 @@ class ChangeModel(nn.Module):
                 context_dim=self.encoder.out_dim,
                 two_stream=not self.single_stream,
                 binary=True,
-                **config.change_head_kwargs,
+                **{k: v for k, v in config.change_head_kwargs.items() if k != "class_inputs"},
+                class_inputs=len(config.classes) if config.change_head_kwargs.get("class_inputs") else 0,
             )
             if config.change_head_kwargs and config.classes
             else None
@@ -202,10 +203,14 @@ class ChangeModel(nn.Module):
             out.pixels = fused if pixels else None
             if run_mask:
                 size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
-                out.class_logits = self.mask_head.classify(fused, tuple(size))
+                low = self.mask_head.logits(fused)
+                out.class_logits = upsample(low, tuple(size))
                 if self.change_head is not None:
-                    out.change_logit = self.change_head(levels, tuple(size), to_map(memory, h, w))[:, 0]
-                out.mask_logits = compose(out.class_logits, out.change_logit)
+                    # the class head's log-probabilities are an input, not a target: no gradient into it
+                    extra = low.detach().float().log_softmax(1) if self.change_head.class_inputs else None
+                    changed = self.change_head.decode(levels, to_map(memory, h, w))
+                    out.change_logit = upsample(self.change_head.logits(changed, extra), tuple(size))[:, 0]
+                out.mask_logits = compose(out.class_logits, out.change_logit, self.config.change_threshold)
         return out
 
     # -- questions and grounding queries --------------------------------------------------------------

@@ -40,6 +40,8 @@ class ModelConfig:
     #: the change / no-change head (a mask head with one logit, e.g. ``{"channels": 96}``); empty = none,
     #: and the class head's argmax decides what changed
     change_head_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: P(change) above which a pixel counts as changed (calibrated on the validation split in training)
+    change_threshold: float = 0.5
     #: closed answers of the VQA head, index = answer id; empty = no VQA head
     answers: list[str] = field(default_factory=list)
     #: question types the VQA head tells apart ("open": answered in free form by the caption decoder)

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_len": 42,
         },
         "mask_head_kwargs": {"channels": 64},
-        "change_head_kwargs": {"channels": 64},
+        "change_head_kwargs": {"channels": 96, "class_inputs": True},
         "reference": "Chg2Cap-style encoder (Chang et al., IEEE TIP 2023) at a quarter of its width, "
         "on a frozen EfficientNet-Lite0 (packaged ImageNet weights) instead of ResNet-101, "
         "2 decoder layers instead of 1; with MCI's multi-level change-mask head (64 wide) on data "

@@ -47,6 +47,9 @@ class SceneOptions:
     #: beam size of the captions
     beam: int = 1
     device: str = "cpu"
+    #: metres per pixel of the scenes (None: from A's georeference); far from the model's GSD, tiles are
+    #: read larger or smaller so the model sees its own GSD
+    gsd: float | None = None
 
     def validate(self) -> None:
         if self.tile < 32 or not 0 <= self.overlap < self.tile // 2:
@@ -148,6 +151,7 @@ def run_scene(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), aligned_pair(a, b, options.bands) as pair:
         model, processor, model_path = load(model_spec)
         model.require("mask")
+        resolution = _resolution(model, pair, options)
         device = torch.device(options.device)
         model.to(device)
         classes = list(model.config.classes)
@@ -160,8 +164,8 @@ def run_scene(
                 _predictor(model, processor, device),
                 changes,
                 len(classes),
-                options.tile,
-                options.overlap,
+                resolution["tile_source_px"],
+                resolution["overlap_source_px"],
                 options.batch_size,
                 progress=bar,
             )
@@ -172,11 +176,41 @@ def run_scene(
         extra = [{"caption": c or ""} for c in captions]
         write_vectors(features, vectors, pair.crs, options.vector_format, extra_properties=extra)
         summary = _summary(a, b, model_path, pair, features, captions, classes, options)
+        summary["resolution"] = resolution
         summary["seconds"] = round(time.perf_counter() - start, 2)
         summary["outputs"] = ["changes.tif", vectors.name, "report.html", "summary.json"]
         write_scene_report(pair, changes, summary, classes, out / "report.html")
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
+    """The scene's GSD and how tiles are read: a tile of ``tile / scale`` source pixels is resized to the
+    model's size by the predictor, so an input far from every GSD the model was trained at is seen at the
+    nearest of them (``detection.working_scale``)."""
+    from changescope.geo.raster import pixel_size_m
+    from changescope.tasks.detection import working_scale
+
+    gsd, source = options.gsd, "--gsd"
+    if gsd is None:
+        gsd = pixel_size_m(pair.crs, pair.transform, pair.width, pair.height) if pair.georeferenced else None
+        source = "georeference" if gsd is not None else None
+    scale = working_scale(model, gsd)
+    tile, overlap = options.tile, options.overlap
+    if scale != 1:
+        tile = max(32, round(options.tile / scale))
+        overlap = min(round(options.overlap / scale), tile // 2 - 1)
+    return {
+        "gsd_m": None if gsd is None else round(gsd, 4),
+        "gsd_source": source,
+        "model_gsd_m": model.config.gsd,
+        "resampled_by": round(scale, 4),
+        "tile_source_px": tile,
+        "overlap_source_px": overlap,
+        "note": "no resampling: the GSD is unknown or close to one the model was trained at"
+        if scale == 1
+        else f"tiles of {tile} source pixels are resized to the model's {model.config.image_size} px",
+    }
 
 
 def _summary(a, b, model_path, pair, features, captions, classes, options) -> dict[str, Any]:

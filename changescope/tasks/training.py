@@ -53,7 +53,9 @@ from changescope.tasks.queries import OPEN, attach, open_pairs
 pl = require("lightning.pytorch", "train", "training")
 
 CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
-MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg", "change_F1", "change_IoU")
+MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg", "change_F1", "change_IoU", "change_F1_cal")
+#: bins of the change-probability histograms that calibrate the change threshold
+THRESHOLD_BINS = 50
 VQA_MONITORS = ("vqa_OA", "vqa_AA")
 GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
 #: metric -> the task that produces it
@@ -212,6 +214,9 @@ class ChangeTask(pl.LightningModule):
         self._answer_ids = {a: i for i, a in enumerate(config.answers)}
         self._type_ids = {t: i for i, t in enumerate(config.qtypes)}
         self._binary_confusion = None
+        self._histograms = None  # change probabilities of changed / unchanged validation pixels
+        #: the change threshold that maximised the last validation's change F1
+        self.calibrated_threshold: float | None = None
         self.frozen: tuple[str, ...] = ()
 
     def freeze(self, parts: tuple[str, ...]) -> None:
@@ -322,6 +327,8 @@ class ChangeTask(pl.LightningModule):
             pred, target = out.mask_logits.argmax(1), batch["mask"]
             self._confusion.update(pred, target.masked_fill(target == UNKNOWN_CHANGE, IGNORE_INDEX))
             self._binary_confusion.update(pred > 0, binary_target(target))
+            if out.change_logit is not None:
+                self._update_histograms(out.change_logit, binary_target(target))
         if "caption" not in self.tasks:
             return
         sequences = self.model.decoder.generate(out.memory, beam_size=1)
@@ -337,6 +344,26 @@ class ChangeTask(pl.LightningModule):
                 refs,
                 changed,
             )
+
+    def _update_histograms(self, change_logit, target) -> None:
+        if self._histograms is None:
+            self._histograms = torch.zeros(2, THRESHOLD_BINS, dtype=torch.float64)
+        valid = target != IGNORE_INDEX
+        probs = change_logit.detach().float().sigmoid()[valid]
+        labels = target[valid]
+        for row, value in ((0, 0), (1, 1)):
+            hist = torch.histc(probs[labels == value], bins=THRESHOLD_BINS, min=0.0, max=1.0)
+            self._histograms[row] += hist.double().cpu()
+
+    def _calibrate(self) -> tuple[float, float]:
+        """(threshold, change F1 at it): the bin edge that maximises pooled change F1 on validation."""
+        neg, pos = self._histograms
+        tp = pos.flip(0).cumsum(0).flip(0)  # changed pixels with P >= edge k / BINS
+        fp = neg.flip(0).cumsum(0).flip(0)
+        fn = pos.sum() - tp
+        f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+        best = int(f1[1:].argmax()) + 1  # edge 0 would call every pixel changed
+        return best / THRESHOLD_BINS, float(f1[best])
 
     def _gather_validation(self) -> None:
         """Under DDP each rank saw a shard of the validation split: merge every rank's captions and
@@ -360,6 +387,8 @@ class ChangeTask(pl.LightningModule):
         if self._confusion is not None:
             dist.all_reduce(self._confusion.matrix)
             dist.all_reduce(self._binary_confusion.matrix)
+        if self._histograms is not None:
+            dist.all_reduce(self._histograms)
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
@@ -377,6 +406,10 @@ class ChangeTask(pl.LightningModule):
             for key, name in (("change_F1", "F1"), ("change_IoU", "IoU")):
                 values[key] = float(binary["per_class"]["change"][name] or 0.0)
             self._confusion = self._binary_confusion = None
+        if self._histograms is not None:
+            self.calibrated_threshold, values["change_F1_cal"] = self._calibrate()
+            values["change_threshold"] = self.calibrated_threshold
+            self._histograms = None
         if self._answers:
             from changescope.metrics.vqa import vqa_scores
 
@@ -456,7 +489,13 @@ class ExportBest(pl.Callback):
             return
         self.best, self.best_epoch = float(value), trainer.current_epoch
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        save_pretrained(task.model, task.processor, self.out / "model")
+        threshold = task.model.config.change_threshold
+        if task.calibrated_threshold is not None:
+            task.model.config.change_threshold = task.calibrated_threshold
+        try:
+            save_pretrained(task.model, task.processor, self.out / "model")
+        finally:
+            task.model.config.change_threshold = threshold
         write_json_atomic(
             self.out / "model" / "training.json",
             {
@@ -590,7 +629,7 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
         config, vocab = _keep_init_heads(options, config, vocab, tasks)
     if "mask" in tasks and not config.change_head_kwargs and _unknown_changes(train_ds, config):
         # changes of unknown class can only train a change head: give the model one
-        config.change_head_kwargs = {"channels": 64}
+        config.change_head_kwargs = dict(build_config("lite", 0).change_head_kwargs)
     options.tasks = ",".join(tasks)
     options.monitor = options.monitor or default_monitor(tasks)
     missing = {METRIC_TASK[m] for m in parse_monitor(options.monitor)} - set(tasks)

@@ -79,6 +79,25 @@ def _number(text: str) -> int | None:
     return int(words[0]) if len(words) == 1 and words[0].isdigit() else None
 
 
+def _agree_with_mask(model, out, result: dict[str, Any], min_area: int) -> dict[str, Any]:
+    """The answer, unless it denies a change that the model's own mask shows (``tasks/consistency.py``):
+    "no" to whether anything changed becomes "yes", a free-form "no change" the mask's sentence."""
+    from changescope.tasks.consistency import caption_from_mask, says_no_change
+    from changescope.tasks.detection import summarize_mask
+
+    mask = out.mask_logits[0].argmax(0).to(torch.uint8).numpy()
+    summary = summarize_mask(remove_small_objects(mask, min_area), list(model.config.classes))
+    update: dict[str, Any] = {"answer_source": "model"}
+    if summary["objects"] == 0:
+        return update
+    answer = result.get("answer") or ""
+    if result["type"] == "change_or_not" and answer.strip().lower() == "no" and not result["free_form"]:
+        update.update(answer="yes", answer_source="mask", model_answer=answer)
+    elif result["free_form"] and says_no_change(answer):
+        update.update(answer=caption_from_mask(summary), answer_source="mask", model_answer=answer)
+    return update
+
+
 def ask_pair(
     model, processor, before: str | Path, after: str | Path, question: str, min_area: int = MIN_AREA
 ) -> Answer:
@@ -89,7 +108,8 @@ def ask_pair(
     pair = processor.read_pair(before, after)
     grounds = "grounding" in model.tasks
     with torch.inference_mode():
-        out = model(processor.resize(pair)[None], masks=False, pixels=grounds)
+        has_mask = "mask" in model.tasks
+        out = model(processor.resize(pair)[None], masks=has_mask, pixels=grounds)
         query = model.read_queries(out.memory, [question], torch.zeros(1, dtype=torch.long))
         result: dict[str, Any] = {"question": question}
         if "vqa" in model.tasks:
@@ -106,6 +126,8 @@ def ask_pair(
                 closed_answer=closed,
                 number=_number(answer or "") if qtype == "count" else None,
             )
+            if has_mask:
+                result.update(_agree_with_mask(model, out, result, min_area))
         mask = None
         if grounds:
             logits = model.ground(out, query, (processor.image_size,) * 2)

@@ -22,6 +22,8 @@ consumer of class scores (argmax, tile blending) stays the same.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,6 +52,9 @@ class ChangeMaskHead(nn.Module):
             levels are already joint (``[B, 1, C, h, w]``).
         binary: add the change / no-change logit (see the module docstring); with ``num_classes=0`` it is
             the only output.
+        class_inputs: channels of further inputs the change logit reads beside the fused map (a change
+            head reads the class head's log-probabilities, so where the class head is sure, e.g. on imagery
+            like its training data, the change head can follow it).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ChangeMaskHead(nn.Module):
         context_dim: int | None = None,
         two_stream: bool = True,
         binary: bool = False,
+        class_inputs: int = 0,
     ):
         super().__init__()
         if num_classes == 1 or num_classes < 0:
@@ -75,8 +81,11 @@ class ChangeMaskHead(nn.Module):
             if num_classes
             else None
         )
+        self.class_inputs = class_inputs
         self.binary = (
-            nn.Sequential(_conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, 1, 1)) if binary else None
+            nn.Sequential(_conv_bn_relu(channels + class_inputs, channels, 3), nn.Conv2d(channels, 1, 1))
+            if binary
+            else None
         )
 
     def _fused(self, index: int, level: Tensor) -> Tensor:
@@ -92,11 +101,20 @@ class ChangeMaskHead(nn.Module):
         size or None -> logits ``[B, num_classes, *size]``."""
         return self.classify(self.decode(levels, context), size)
 
-    def classify(self, fused: Tensor, size: tuple[int, int]) -> Tensor:
+    def classify(self, fused: Tensor, size: tuple[int, int], extra: Tensor | None = None) -> Tensor:
         """Class logits ``[B, K, *size]``, then the change logit as one more channel when ``binary``."""
-        parts = [head(fused) for head in (self.classifier, self.binary) if head is not None]
-        logits = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return upsample(self.logits(fused, extra), size)
+
+    def logits(self, fused: Tensor, extra: Tensor | None = None) -> Tensor:
+        """``classify`` at the fused map's resolution; ``extra``: the ``class_inputs`` channels."""
+        parts = [self.classifier(fused)] if self.classifier is not None else []
+        if self.binary is not None:
+            if self.class_inputs:
+                if extra is None:
+                    raise ValueError(f"this change head reads {self.class_inputs} class channels; none given")
+                fused = torch.cat([fused, extra.to(fused.dtype)], dim=1)
+            parts.append(self.binary(fused))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def decode(self, levels: list[Tensor], context: Tensor | None = None) -> Tensor:
         """The fused change map at the finest level ``[B, channels, h_0, w_0]`` (what the classifier and
@@ -113,17 +131,25 @@ class ChangeMaskHead(nn.Module):
         return x
 
 
-def compose(class_logits: Tensor, change_logit: Tensor | None) -> Tensor:
+def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def compose(class_logits: Tensor, change_logit: Tensor | None, threshold: float = 0.5) -> Tensor:
     """One score map ``[B, K, H, W]`` from class logits and an optional change logit.
 
     Background scores log P(no change); class k scores log P(change) + log q_k - max_j log q_j, where q is
     the softmax over the change classes only. So the argmax is background exactly where P(change) <= 0.5,
     and otherwise the most likely change class; the softmax of the map is a usable per-class weight for
     blending overlapping tiles. Without a change logit the class logits are returned as they are.
+    ``threshold`` moves the decision to P(change) > threshold (a model's calibrated
+    ``config.change_threshold``), by shifting the change logit by logit(threshold).
     """
     if change_logit is None:
         return class_logits
     change = change_logit.float().unsqueeze(1)
+    if threshold != 0.5:
+        change = change - math.log(threshold / (1 - threshold))
     log_q = class_logits[:, 1:].float().log_softmax(dim=1)
     log_q = log_q - log_q.amax(dim=1, keepdim=True)
     return torch.cat([F.logsigmoid(-change), F.logsigmoid(change) + log_q], dim=1)
