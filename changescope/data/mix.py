@@ -125,6 +125,16 @@ class TiledPairs(torch.utils.data.Dataset):
         return out
 
 
+def tiled_if_uncaptioned(dataset, tile: int):
+    """A change-detection dataset (masks, no captions) as tiles of the model's size at its own resolution;
+    any other dataset as it is (captions describe a whole pair, so captioned pairs are resized instead)."""
+    if isinstance(dataset, (MixedPairs, TiledPairs)) or not dataset.has_masks:
+        return dataset
+    if any(e.captions for e in dataset.entries) or not len(dataset):
+        return dataset
+    return TiledPairs(dataset, tile)
+
+
 def _crop(tensor: torch.Tensor, top: int, left: int, size: int, fill: float) -> torch.Tensor:
     """``tensor[..., top:top+size, left:left+size]``, padded with ``fill`` where the source is smaller."""
     crop = tensor[..., top : top + size, left : left + size]

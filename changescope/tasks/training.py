@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from changescope.data.mix import tiled_if_uncaptioned
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
@@ -820,6 +821,7 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
 
     def loader(split: str, train_mode: bool):
         dataset, records = open_pairs(options.data, split, options.format)
+        dataset = tiled_if_uncaptioned(dataset, config.image_size)
         if options.limit_pairs:
             dataset.entries = dataset.entries[: options.limit_pairs]
             keys = {str(e.images[0].resolve()) for e in dataset.entries}
