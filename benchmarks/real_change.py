@@ -88,7 +88,7 @@ def score_model(model, processor, dataset, min_area: int) -> tuple[dict, float |
         sample = dataset[index]
         probs = mask_probabilities(model, processor, sample["image"])
         mask = remove_small_objects(probs.argmax(0).to(torch.uint8).numpy(), min_area)
-        confusion.update(binary_target(torch.from_numpy(mask).long()), sample["mask"])
+        confusion.update(binary_target(torch.from_numpy(mask).long()), binary_target(sample["mask"]))
         if model.decoder is not None:
             caption = caption_pairs(model, processor, sample["image"][None], Decoding())[0]
             agree.append(agrees(caption, summarize_mask(mask, list(model.config.classes))))
@@ -99,7 +99,7 @@ def score_baseline(baseline: DifferenceBaseline, dataset) -> dict:
     confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
     for index in range(len(dataset)):
         sample = dataset[index]
-        confusion.update((baseline.predict(sample["image"]) > 0).long(), sample["mask"])
+        confusion.update((baseline.predict(sample["image"]) > 0).long(), binary_target(sample["mask"]))
     return scores(confusion)
 
 
@@ -114,16 +114,23 @@ def main() -> None:
     parser.add_argument("--min-area", type=int, default=10)
     parser.add_argument("--only", default=None, help="comma-separated folder names to score")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--synth", default=None, help="also score this SynthChange folder's test split")
     args = parser.parse_args()
     realdata = Path(args.realdata)
     models = [(spec, *load(spec)[:2]) for spec in args.model]
     rows = []
-    for name, folder, fmt, split, group in REAL_SETS:
+    sets = list(REAL_SETS)
+    if args.synth:
+        sets.insert(0, ("SynthChange test", args.synth, "synthchange", "test", "synth"))
+    for name, folder, fmt, split, group in sets:
         if args.only and folder.split("/")[0] not in args.only.split(","):
             continue
         dataset = open_dataset(realdata / folder, split, fmt)
         start = time.perf_counter()
-        baseline = fit_baseline(realdata, folder, fmt, group)
+        if group == "synth":
+            baseline = DifferenceBaseline().fit(open_dataset(folder, "train", fmt), pairs=200)
+        else:
+            baseline = fit_baseline(realdata, folder, fmt, group)
         row = {"set": name, "pairs": len(dataset), "baseline": score_baseline(baseline, dataset)}
         row["baseline_threshold"] = baseline.threshold
         for spec, model, processor in models:

@@ -147,14 +147,14 @@ def _detect(pair):
 
 @pytest.fixture(scope="module")
 def pair(synth):
-    """The first test pair where the shipped model finds changed buildings and roads (at 64 px, not every
-    pair shows both; chosen by running the model, so a retrained default needs no edit here)."""
+    """The first test pair where the shipped model finds changed buildings (at 64 px, not every pair shows
+    them; chosen by running the model, so a retrained default needs no edit here)."""
     for a in sorted((synth / "images/test/A").iterdir()):
         candidate = a, synth / "images/test/B" / a.name
         found = _detect(candidate)["classes"]
-        if found["building"]["objects"] > 0 and found["road"]["pixels"] > 0:
+        if found["building"]["objects"] > 0:
             return candidate
-    pytest.fail("the shipped model finds changed buildings and roads in no test pair of the fixture")
+    pytest.fail("the shipped model finds changed buildings in no test pair of the fixture")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ about 800 x 800) with binary labels, while captioned data comes as 256 x 256 chi
       - path: ../shared/realdata/sztaki-airchange
         repeat: 2                              # each tile listed twice per epoch
         scales: [1.0, 0.5]                     # tiled at the native size and at half size
+        val: true                              # false: train split only (not in model selection)
     tile: 256                                  # default: the model's image size
 
 ``MixedPairs`` reads it as one dataset. Sources without captions whose pairs are larger than ``tile`` are
@@ -50,6 +51,8 @@ class Source:
     format: str | None = None
     repeat: int = 1
     scales: tuple[float, ...] = (1.0,)
+    #: read in every split; False: training split only (e.g. keep synthetic data out of model selection)
+    val: bool = True
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -178,6 +181,8 @@ class MixedPairs(torch.utils.data.Dataset):
         self.remaps: list[bool] = []
         datasets = []
         for source in spec["sources"]:
+            if split != "train" and not source.val:
+                continue
             ds = open_dataset(source.path, split, source.format, check_files=check_files)
             datasets.append((source, ds))
         named = [ds.classes for _, ds in datasets if ds.classes and tuple(ds.classes) != BINARY_CLASSES]
@@ -249,7 +254,7 @@ def read_mix(path: Path) -> dict[str, Any]:
         item = {"path": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             raise DataError(path, f"sources[{index}] needs a 'path'")
-        bad = sorted(set(item) - {"path", "format", "repeat", "scales"})
+        bad = sorted(set(item) - {"path", "format", "repeat", "scales", "val"})
         if bad:
             raise DataError(path, f"sources[{index}] has unknown keys {bad}")
         repeat = item.get("repeat", 1)
@@ -264,5 +269,9 @@ def read_mix(path: Path) -> dict[str, Any]:
             raise DataError(path, f"sources[{index}].scales must be a list of positive numbers")
         where = Path(item["path"]).expanduser()
         where = where if where.is_absolute() else (path.parent / where)
-        sources.append(Source(str(where), item.get("format"), repeat, tuple(float(s) for s in scales)))
+        val = item.get("val", True)
+        if not isinstance(val, bool):
+            raise DataError(path, f"sources[{index}].val must be true or false")
+        scales = tuple(float(s) for s in scales)
+        sources.append(Source(str(where), item.get("format"), repeat, scales, val))
     return {"sources": sources, "tile": spec.get("tile")}

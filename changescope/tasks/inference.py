@@ -243,6 +243,7 @@ def describe_files(model, processor, pairs: list[tuple[str, Path, Path]], decodi
     from changescope.tasks.consistency import reconcile
     from changescope.tasks.detection import MIN_AREA, remove_small_objects, summarize_mask
 
+    model.require("caption")
     tensors = [processor.load_pair(a, b) for _, a, b in pairs]
     masks = "mask" in model.tasks
     rows = []
