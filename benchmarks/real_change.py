@@ -121,7 +121,7 @@ def main() -> None:
     rows = []
     sets = list(REAL_SETS)
     if args.synth:
-        sets.insert(0, ("SynthChange test", args.synth, "synthchange", "test", "synth"))
+        sets.insert(0, ("SynthChange test", str(Path(args.synth).resolve()), "synthchange", "test", "synth"))
     for name, folder, fmt, split, group in sets:
         if args.only and folder.split("/")[0] not in args.only.split(","):
             continue

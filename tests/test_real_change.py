@@ -2,43 +2,24 @@
 data, tiles of large pairs, mix files, fine-tuning with --init, GSD, and captions that agree with masks."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train_cli import TINY_YAML as TRAIN_TINY_YAML
+from test_train_cli import cli
 
 from changescope.data.sample import IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.errors import DataError
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
-TINY_YAML = """\
-preset: lite
-epochs: 1
-batch_size: 16
-min_freq: 1
-image_size: 64
-pretrained: false
-seed: 3
-overrides:
-  encoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4}
-  decoder_kwargs: {d_model: 32, num_layers: 1, num_heads: 4, ffn_dim: 64, max_len: 24}
-  mask_head_kwargs: {channels: 16}
-  change_head_kwargs: {channels: 16}
-"""
-
-
-def cli(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "changescope", *map(str, args)], capture_output=True, text=True
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+# the training tests' tiny architecture, with narrow mask and change heads
+TINY_YAML = (
+    TRAIN_TINY_YAML + "  mask_head_kwargs: {channels: 16}\n" + "  change_head_kwargs: {channels: 16}\n"
+)
 
 
 def binary_folder(root: Path, size=(100, 150)) -> Path:
