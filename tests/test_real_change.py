@@ -127,6 +127,20 @@ def test_a_mix_file_joins_class_data_and_binary_data(tmp_path, synth):
     assert any(UNKNOWN_CHANGE in dataset[i]["mask"] for i in range(synth_train, len(dataset)))
 
 
+def test_a_source_kept_out_of_validation_still_sets_the_class_list(tmp_path, synth):
+    from changescope.data.mix import MixedPairs
+
+    binary_folder(tmp_path / "cd")
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(
+        f"tile: 64\nsources:\n  - path: {synth}\n    val: false\n  - path: cd\n    format: folder\n"
+    )
+    train, val = MixedPairs(mix, "train"), MixedPairs(mix, "val")
+    assert train.classes == val.classes and len(val.classes) == 5
+    assert len(val) == 2 * 6 and all(not e.captions for e in val.entries)  # only the binary tiles
+    assert any(UNKNOWN_CHANGE in val[i]["mask"] for i in range(len(val)))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -179,14 +179,16 @@ class MixedPairs(torch.utils.data.Dataset):
         self.parts: list[Any] = []
         self.repeats: list[int] = []
         self.remaps: list[bool] = []
-        datasets = []
+        datasets, every = [], []
         for source in spec["sources"]:
-            if split != "train" and not source.val:
-                continue
-            ds = open_dataset(source.path, split, source.format, check_files=check_files)
-            datasets.append((source, ds))
-        named = [ds.classes for _, ds in datasets if ds.classes and tuple(ds.classes) != BINARY_CLASSES]
-        binary = [ds.classes for _, ds in datasets if tuple(ds.classes) == BINARY_CLASSES]
+            used = split == "train" or source.val
+            # a source kept out of this split still counts for the class list (one list in every split)
+            ds = open_dataset(source.path, split if used else "train", source.format, check_files=check_files)
+            every.append(ds)
+            if used:
+                datasets.append((source, ds))
+        named = [ds.classes for ds in every if ds.classes and tuple(ds.classes) != BINARY_CLASSES]
+        binary = [ds.classes for ds in every if tuple(ds.classes) == BINARY_CLASSES]
         self.classes = tuple(named[0]) if named else (BINARY_CLASSES if binary else ())
         for source, ds in datasets:
             if ds.classes and tuple(ds.classes) not in (tuple(self.classes), BINARY_CLASSES):
