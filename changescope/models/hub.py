@@ -46,9 +46,19 @@ def save_pretrained(
     directory: str | Path,
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
+    backbone: str = "file",
 ) -> Path:
-    """Write config, weights (optionally cast, e.g. ``torch.float16`` to halve the size) and vocabulary."""
+    """Write config, weights (optionally cast, e.g. ``torch.float16`` to halve the size) and vocabulary.
+
+    ``backbone="package"`` leaves a frozen backbone out of the weights file when every tensor of it equals
+    its packaged pretrained weights (checked; a ValueError otherwise): ``from_pretrained`` loads them from
+    the package, as the frozen question encoder is."""
     from safetensors.torch import save_file
+
+    if backbone not in ("file", "package"):
+        raise ValueError(f"backbone must be 'file' or 'package', got {backbone!r}")
+    if backbone == "package":
+        _check_packaged_backbone(model)
 
     vocab_size = len(processor.vocab) if processor.vocab is not None else 0
     if vocab_size != model.config.vocab_size:
@@ -59,11 +69,15 @@ def save_pretrained(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model.config.save(tmp / CONFIG_NAME)
+        config = ModelConfig.from_dict(model.config.to_dict())
+        config.backbone_weights = backbone
+        config.save(tmp / CONFIG_NAME)
         if processor.vocab is not None:
             processor.vocab.save(tmp / VOCAB_NAME)
         state = {}
         for name, tensor in model.state_dict().items():
+            if backbone == "package" and name.startswith("backbone."):
+                continue
             tensor = tensor.detach().cpu()
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
@@ -76,6 +90,20 @@ def save_pretrained(
     return directory
 
 
+def _check_packaged_backbone(model: ChangeModel) -> None:
+    from changescope.models.backbones import Backbone
+
+    config = model.config
+    if not config.backbone_frozen:
+        raise ValueError("only a frozen backbone can be loaded from its package")
+    packaged = Backbone(config.backbone, pretrained=True, out_indices=config.out_indices, frozen=True)
+    mine = model.backbone.state_dict()
+    for name, tensor in packaged.state_dict().items():
+        ours = mine[name].float()
+        if ours.shape != tensor.shape or not torch.allclose(ours, tensor.float(), rtol=1e-3, atol=1e-3):
+            raise ValueError(f"backbone tensor {name} differs from the packaged weights: keep it in the file")
+
+
 def from_pretrained(directory: str | Path) -> tuple[ChangeModel, ChangeProcessor]:
     """Rebuild the model (in eval mode, float32) and its processor; never unpickles, never downloads."""
     from safetensors import SafetensorError
@@ -85,7 +113,8 @@ def from_pretrained(directory: str | Path) -> tuple[ChangeModel, ChangeProcessor
     if not directory.is_dir():
         raise DataError(directory, "model directory not found")
     config = ModelConfig.load(directory / CONFIG_NAME)
-    config.backbone_pretrained = False  # the weights file has every tensor
+    # the weights file has every tensor, except a backbone that comes from its package
+    config.backbone_pretrained = config.backbone_weights == "package"
     vocab = Vocabulary.load(directory / VOCAB_NAME) if config.vocab_size else None
     if vocab is not None and len(vocab) != config.vocab_size:
         raise DataError(
@@ -102,6 +131,8 @@ def from_pretrained(directory: str | Path) -> tuple[ChangeModel, ChangeProcessor
     model = ChangeModel(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
+    if config.backbone_weights == "package":
+        result.missing_keys[:] = [k for k in result.missing_keys if not k.startswith("backbone.")]
     if result.missing_keys or result.unexpected_keys:
         problem = result.missing_keys[:3] or result.unexpected_keys[:3]
         raise DataError(weights, f"weights do not match config.json (e.g. {problem})")
