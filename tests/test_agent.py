@@ -498,7 +498,22 @@ def test_terminal_chat(tmp_path, llm_server, pair, monkeypatch, capsys):
     assert "error: nope.png: not found" in out
     assert '[changed_area] {"cls": "all", "units": "m2"} -> {"class": "all", "units": "m2"' in out
     assert "agent> That much." in out and "unknown command or wrong arguments: /bogus" in out
-    assert f"files go to {tmp_path / 'session'}" in out
+    assert f"files go to {tmp_path / 'session'}, kept" in out
+
+
+def test_terminal_chat_removes_its_temporary_folder(tmp_path, llm_server, pair, monkeypatch, capsys):
+    import io
+    import tempfile
+
+    from changescope.agent.chat import chat
+
+    llm = llm_server([call("describe_change", "{}"), text("A building.")])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp's folder, for this test only
+    monkeypatch.setattr("sys.stdin", io.StringIO("what changed?\n/quit\n"))
+    chat(*pair, llm_url=llm.url)
+    out = capsys.readouterr().out
+    assert "agent> A building." in out and "removed when the chat ends" in out
+    assert not list(tmp_path.glob("changescope-chat-*"))
 
 
 # -- sessions, clients and the local backend's pure parts ------------------------------------------------

@@ -4,8 +4,12 @@ The geo layer's own tests (test_geo.py) cover CRSs, dtypes, nodata, co-registrat
 a deterministic stand-in predictor; here the real default model runs through the real command.
 """
 
+import base64
+import io
 import json
+import re
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_train_cli import cli
@@ -66,6 +70,15 @@ def test_scene_maps_changes_on_a_grid_and_reports_them(tmp_path, utm_scene):
         assert row["regions"] == len(mine)
         assert row["area_m2"] == pytest.approx(sum(p["area_m2"] for p in mine), abs=0.05)
     assert summary["crs"] == "EPSG:32633" and summary["stretch"]["rule"].startswith("identity")
+    assert summary["stretch"]["mode"] == "auto" and "already using the range" in summary["stretch"]["reason"]
+    assert summary["bands"] == {
+        "rgb": [1, 2, 3],
+        "source": "first three bands",
+        "labels": ["red", "green", "blue"],
+    }
+    assert summary["area_method"] == "planar (projected CRS units, converted to m2)"
+    assert "within 1 % of 1" in summary["area_method_reason"]
+    assert {f["properties"]["area_method"] for f in features} == {summary["area_method"]}
     assert summary["resolution"]["gsd_m"] == 0.5 and summary["resolution"]["gsd_source"] == "georeference"
     assert "<img" in (out / "report.html").read_text()
 
@@ -79,6 +92,8 @@ def test_scene_from_plain_images_works_in_pixels(tmp_path, utm_scene):
     args = ("--out", out, "--json", "--max-captions", "2", "--vector-format", "gpkg")
     summary = json.loads(cli("scene", tmp_path / "A.png", tmp_path / "B.png", *args).stdout)
     assert summary["georeferenced"] is False and "pixel" in summary["note"]
+    assert summary["area_method"] == "unknown (no georeference)"
+    assert summary["bands"]["source"] == "colour interpretation"  # a PNG's RGB is the format's own
     assert summary["size"] == [280, 300]  # not a multiple of the tile; smaller than two tiles
     assert all(r["area_m2"] is None for r in summary["regions"])
     pyogrio = pytest.importorskip("pyogrio")
@@ -86,6 +101,7 @@ def test_scene_from_plain_images_works_in_pixels(tmp_path, utm_scene):
     columns = dict(zip(meta["fields"], fields, strict=True))
     assert len(geometry) == summary["regions_total"] and "caption" in columns
     assert sorted(columns["pixels"]) == sorted(r["pixels"] for r in summary["regions"])
+    assert set(columns["area_method"]) == {"unknown (no georeference)"}
     with rasterio.open(out / "changes.tif") as changes:
         assert changes.shape == (300, 280) and changes.crs is None
         assert (changes.read(1) != 255).all()  # every pixel covered, edges included
@@ -106,3 +122,88 @@ def test_scene_bad_input_is_one_line(tmp_path, utm_scene):
         "scene", utm_scene["A"], utm_scene["B"], "--out", tmp_path / "o", "--bands", "3,2,9", check=False
     )
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "A.tif" in proc.stderr
+
+
+# dark 8-bit scenes and band order, in process with one loaded model ----------------------------------------
+@pytest.fixture(scope="module")
+def shipped():
+    _needs_mask_model()
+    from changescope.tasks.inference import load
+
+    return load("default")
+
+
+def _copy(src, dst, order=(1, 2, 3), scale=1.0, colorinterp=None, descriptions=None):
+    """``src`` with its bands in ``order``, values x ``scale`` and the given band labels."""
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(src) as source:
+        profile, data = source.profile, source.read(list(order))
+    with rasterio.open(dst, "w", **profile) as target:
+        target.write(np.rint(data * scale).astype(np.uint8))
+        if colorinterp:
+            target.colorinterp = [ColorInterp[name] for name in colorinterp]
+        if descriptions:
+            target.descriptions = descriptions
+    return dst
+
+
+@pytest.fixture(scope="module")
+def dark_scene(tmp_path_factory):
+    """A 256 px SynthChange scene at 22 % brightness (values 0..56, like raw 8-bit DN): A written B, G, R
+    with that colour interpretation, B R, G, B with band descriptions."""
+    folder = tmp_path_factory.mktemp("dark")
+    scene = write_synth_scene(folder, size=256, seed=3, changed=True)
+    a = _copy(scene["A"], folder / "dark_a.tif", (3, 2, 1), 0.22, colorinterp=("blue", "green", "red"))
+    b = _copy(scene["B"], folder / "dark_b.tif", scale=0.22, descriptions=("Red", "Green", "Blue"))
+    return {"A": a, "B": b, "truth": scene["truth"]}
+
+
+def _change_iou(out, truth_path) -> float:
+    with rasterio.open(out / "changes.tif") as changes, rasterio.open(truth_path) as truth_file:
+        predicted, truth = changes.read(1), truth_file.read(1) > 0
+    changed = (predicted > 0) & (predicted != 255)
+    return (changed & truth).sum() / (changed | truth).sum()
+
+
+def _overview_brightness(report) -> float:
+    """Mean brightness (0..1) of the report's first image, the overview of A."""
+    first = re.search(r"src='data:image/png;base64,([^']+)'", report.read_text()).group(1)
+    return float(np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("L")).mean()) / 255
+
+
+def test_dark_8bit_scene_is_stretched_and_bands_read_by_their_labels(tmp_path, shipped, dark_scene):
+    from changescope.tasks.scene import SceneOptions, run_scene
+
+    out = tmp_path / "out"
+    summary = run_scene(
+        dark_scene["A"], dark_scene["B"], out, shipped, SceneOptions(max_captions=0), progress=False
+    )
+    stretch = summary["stretch"]
+    assert stretch["mode"] == "auto" and stretch["rule"].startswith("linear from the 2nd to the 98th")
+    assert "dark or low in contrast" in stretch["reason"] and max(stretch["high"]) < 60
+    assert summary == json.loads((out / "summary.json").read_text())
+    bands = summary["bands"]
+    assert bands["rgb"] == [3, 2, 1] and bands["source"] == "colour interpretation"
+    assert bands["b"] == {"rgb": [1, 2, 3], "source": "band descriptions", "labels": ["Red", "Green", "Blue"]}
+    with rasterio.open(dark_scene["A"]) as dataset:
+        raw = float(dataset.read().mean()) / 255  # what the identity rule showed
+    assert _overview_brightness(out / "report.html") > 3 * raw
+    report = (out / "report.html").read_text()
+    assert (
+        "dark or low in contrast" in report and "bands 3, 2, 1 as R, G, B (colour interpretation)" in report
+    )
+    assert _change_iou(out, dark_scene["truth"]) > 0.75  # as on the well-exposed scene (about 0.9)
+
+
+def test_dark_8bit_scene_unstretched_is_what_the_stretch_fixes(tmp_path, shipped, dark_scene):
+    from changescope.tasks.scene import SceneOptions, run_scene
+
+    ious = {}
+    for mode in ("auto", "none"):
+        out = tmp_path / mode
+        options = SceneOptions(max_captions=0, stretch=mode)
+        summary = run_scene(dark_scene["A"], dark_scene["B"], out, shipped, options, progress=False)
+        assert summary["stretch"]["mode"] == mode
+        ious[mode] = _change_iou(out, dark_scene["truth"])
+    assert ious["auto"] > ious["none"] + 0.3, ious  # measured: about 0.90 against 0.28

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -46,11 +47,11 @@ class EchoAgent:
 
 
 @contextmanager
-def live_server(app):
+def live_server(app, **config):
     """Serve ``app`` with uvicorn on a free port of 127.0.0.1 in a thread; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts, so no other process can take the port
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -226,14 +227,162 @@ def test_scene_form_values_are_checked_before_queueing(api, synth):
     one_line_error(api.post("/scene", files=files(a, b), data={"tile": "8"}), 422, "tile")
 
 
+@contextmanager
+def inference_held():
+    """Hold the process's one inference lock (what every model run takes) in this thread."""
+    from changescope.tasks.inference import shared
+
+    lock = shared("default").lock
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def wait_until(predicate, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_scene_queue_positions_full_queue_and_shutdown(tmp_path, synth):
+    """Jobs wait their turn with a position; one more than ``max_waiting`` is a 429 with Retry-After and a
+    one-line count; after close (shutdown) new jobs are 503 and queued ones fail as cancelled."""
+    app = create_app(workdir=tmp_path, agent_factory=EchoAgent, web=False)
+    jobs = app.state.jobs
+    jobs.max_waiting = 3
+    a, b = pair(synth, 2)
+    form = {"max_captions": "0", "tile": "64"}
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as api:
+        with inference_held():  # the first job runs into the lock and stays running
+            urls = [api.post("/scene", files=files(a, b), data=form).json()["status_url"] for _ in range(3)]
+            wait_until(lambda: api.get(urls[0]).json()["status"] == "running")
+            assert "position" not in api.get(urls[0]).json()
+            assert [api.get(u).json() for u in urls[1:]] == [
+                {"job": u.rsplit("/", 1)[1], "status": "queued", "position": n}
+                for n, u in enumerate(urls[1:], 1)
+            ]
+            full = api.post("/scene", files=files(a, b), data=form)
+            detail = one_line_error(full, 429, "3 jobs are queued or running", "at most 3")
+            assert int(full.headers["retry-after"]) >= 1 and f"{full.headers['retry-after']} s" in detail
+            assert len(list((tmp_path / "scenes").iterdir())) == 3  # the refused upload is not kept
+        for u in urls:
+            assert wait_for(api, u)["status"] == "done"
+        assert api.post("/scene", files=files(a, b), data=form).status_code == 202  # room again
+        wait_until(lambda: all(j.status == "done" for j in jobs._jobs.values()))
+
+        with inference_held():
+            running, queued = (
+                api.post("/scene", files=files(a, b), data=form).json()["status_url"] for _ in "12"
+            )
+            wait_until(lambda: api.get(running).json()["status"] == "running")
+            jobs.close()  # what the server's shutdown does
+            one_line_error(api.post("/scene", files=files(a, b), data=form), 503, "shutting down")
+            assert api.get(queued).json() == {
+                "job": queued.rsplit("/", 1)[1],
+                "status": "failed",
+                "error": "cancelled: the server shut down before the job started",
+            }
+        assert wait_for(api, running)["status"] == "done"  # the running one finishes
+        schema = api.get("/openapi.json").json()
+        assert "position" in schema["components"]["schemas"]["JobStatus"]["properties"]
+        assert "Retry-After" in schema["paths"]["/scene"]["post"]["responses"]["429"]["headers"]
+
+
+# -- clients that go away ----------------------------------------------------------------------------
+
+
+def deleted_files_open() -> set[str]:
+    """Files this process holds open that are deleted (spooled uploads live there)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc")
+    held = set()
+    for fd in fds.iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.endswith("(deleted)"):
+            held.add(fd.name + " " + target)
+    return held
+
+
+def leftovers(root: Path) -> set[Path]:
+    """Upload folders under the server's workdir: per-request temporary folders and scene job inputs."""
+    return {p for p in root.iterdir() if p.name.startswith("tmp")} | set(root.glob("scenes/*/input/*"))
+
+
+def test_clients_that_disconnect_mid_upload_or_mid_download(api, app, synth):
+    """Half an upload then a closed socket (to /describe and /scene, past the 1 MB a spooled upload keeps
+    in memory), or a download dropped after its first bytes: the server goes on serving, and no upload
+    files stay behind, on disk or open."""
+    import logging
+
+    url = str(api.base_url).rstrip("/")
+    host, port = url.removeprefix("http://").split(":")
+    root = app.state.workdir
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "changescope.serve")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        before_files, before_open = leftovers(root), deleted_files_open()
+        a, b = pair(synth)
+        for path in ("/describe", "/scene"):
+            # the first file whole, the second begun: 1.5 MB of a declared 3 MB
+            body, kind = multipart(
+                {"before": a.read_bytes(), "after": b"\x89PNG\r\n\x1a\n" + bytes(3_000_000)}
+            )
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+            )
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(head.encode() + b"\r\n" + body[:1_500_000])
+                time.sleep(0.2)  # let the server read it and spool to disk
+        # a finished job with a large output, dropped after the first 64 KiB, three times
+        job = api.post(
+            "/scene", files=files(*pair(synth, 2)), data={"max_captions": "0", "tile": "64"}
+        ).json()
+        assert wait_for(api, job["status_url"])["status"] == "done"
+        big = root / "scenes" / job["job"] / "out" / "report.html"
+        big.write_bytes(b"x" * (32 << 20))  # made large here, so no slow scene is needed to get one
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    f"GET {job['status_url']}/files/report.html HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                )
+                assert b" 200 " in sock.recv(65536)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+        time.sleep(0.5)
+        assert api.get("/health").status_code == 200
+        assert len(api.get(f"{job['status_url']}/files/report.html").content) == 32 << 20
+        assert api.post("/describe", files=files(a, b)).status_code == 200
+        assert leftovers(root) == before_files
+        assert deleted_files_open() <= before_open
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def small_api(tmp_path_factory):
-    """A server that takes uploads of at most 16 000 bytes each."""
+    """A server that takes uploads of at most 16 000 bytes each. Its keep-alive timeout is 1 s (uvicorn's
+    default is 5 s): an upload that goes on for longer than that after the server has answered is cut off,
+    as a slow link would show with the default."""
     app = create_app(max_upload_bytes=16_000, workdir=tmp_path_factory.mktemp("small"), web=False)
-    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with (
+        live_server(app, timeout_keep_alive=1) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
         yield client
 
 
@@ -267,14 +416,236 @@ def test_body_limit_holds_without_a_truthful_content_length(small_api):
     head = (
         f"POST /describe HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
     )
-    # chunked: no length at all, cut off once more than the cap (2 x 16 000 + 1 MiB) has streamed in
+    # chunked: no length at all, refused once more than the cap (2 x 16 000 + 1 MiB) has streamed in
     piece = b"\0" * 65536
     chunks = [b"%x\r\n%s\r\n" % (len(start), start)] + [b"%x\r\n%s\r\n" % (len(piece), piece)] * 40
-    status = raw_request(url, head + "Transfer-Encoding: chunked\r\n\r\n", chunks)
+    status = raw_request(url, head + "Transfer-Encoding: chunked\r\n\r\n", [*chunks, b"0\r\n\r\n"])
     assert " 413 " in status, status
-    # a declared length over the cap is refused before any body is read
+    # a declared length over the cap, and past what is drained, is refused before any body is read
     status = raw_request(url, head + "Content-Length: 999999999\r\n\r\n", [start])
     assert " 413 " in status, status
+
+
+def raw_response(
+    base_url: str, head: str, chunks=(), timeout: float = 10
+) -> tuple[str, dict[str, str], bytes]:
+    """Like ``raw_request``; return the status line, the headers (lower-case names) and the body."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        reply = sock.makefile("rb")
+        status = reply.readline().decode().strip()
+        headers = {}
+        while (line := reply.readline().decode().strip()) != "":
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, reply.read(int(headers.get("content-length", 0)))
+
+
+# -- bodies over the limit, as each HTTP client reads them ------------------------------------------
+
+#: the small server's cap on a whole body: 2 x 16 000 + 1 MiB; over-cap bodies here are 2 MB, which
+#: BodyLimit reads to the end before answering (it drains up to 4 x the cap)
+SMALL_CAP = 2 * 16_000 + 2**20
+BOUNDARY = "changescope-test-boundary"
+
+
+def multipart(parts: dict[str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of file parts, and its Content-Type."""
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in parts.items()
+    )
+    return body + f"--{BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def pieces(body: bytes, size: int = 65536):
+    """``body`` as an iterator, so a client sends it chunked, with no Content-Length."""
+    return (body[i : i + size] for i in range(0, len(body), size))
+
+
+def post_requests(url: str, parts: dict[str, bytes], chunked: bool, tmp_path: Path) -> tuple[int, str]:
+    import requests
+
+    with requests.Session() as session:
+        if chunked:
+            body, kind = multipart(parts)
+            response = session.post(url, data=pieces(body), headers={"Content-Type": kind}, timeout=30)
+        else:
+            sent = {name: (f"{name}.png", data, "application/octet-stream") for name, data in parts.items()}
+            response = session.post(url, files=sent, timeout=30)
+        # the connection (kept alive or not) leaves the session usable
+        assert session.get(url.rsplit("/", 1)[0] + "/health", timeout=30).status_code == 200
+        return response.status_code, response.text
+
+
+def post_httpx(url: str, parts: dict[str, bytes], chunked: bool, tmp_path: Path) -> tuple[int, str]:
+    with httpx.Client(timeout=30) as client:
+        if chunked:
+            body, kind = multipart(parts)
+            response = client.post(url, content=pieces(body), headers={"Content-Type": kind})
+        else:
+            sent = {name: (f"{name}.png", data, "application/octet-stream") for name, data in parts.items()}
+            response = client.post(url, files=sent)
+        assert client.get(url.rsplit("/", 1)[0] + "/health").status_code == 200
+        return response.status_code, response.text
+
+
+def post_urllib(url: str, parts: dict[str, bytes], chunked: bool, tmp_path: Path) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    body, kind = multipart(parts)
+    # an iterable body without a length goes chunked (urllib also sends Connection: close, always)
+    request = urllib.request.Request(
+        url, data=pieces(body) if chunked else body, headers={"Content-Type": kind}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def post_curl(url: str, parts: dict[str, bytes], chunked: bool, tmp_path: Path, *extra: str):
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    forms = []
+    for name, data in parts.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+        forms += ["-F", f"{name}=@{tmp_path / f'{name}.png'};type=application/octet-stream"]
+    if chunked:
+        forms += ["-H", "Transfer-Encoding: chunked"]
+    out = subprocess.run(
+        [curl, "-sS", "--max-time", "30", "-w", "\n%{http_code} %{size_upload}", *extra, *forms, url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    text, _, tail = out.stdout.rpartition("\n")
+    code, uploaded = tail.split()
+    post_curl.uploaded = int(uploaded)  # bytes of body curl sent, for the Expect: 100-continue test
+    return int(code), text
+
+
+CLIENTS = {"requests": post_requests, "httpx": post_httpx, "urllib": post_urllib, "curl": post_curl}
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+@pytest.mark.parametrize("case", ["declared length", "chunked", "one file over the limit"])
+def test_every_client_reads_the_413(small_api, synth, tmp_path, client, case):
+    """Clients that send the whole body before reading (requests, httpx, urllib) read the 413 and its
+    one-line detail, not "connection reset by peer"; so does curl."""
+    a, _ = pair(synth)
+    url = str(small_api.base_url).rstrip("/") + "/describe"
+    if case == "one file over the limit":
+        parts, needles = {"before": a.read_bytes(), "after": noise_png(100)}, ("after", "16000 bytes")
+    else:  # a whole body over the cap: refused by BodyLimit from its Content-Length or as it streams in
+        over = b"\x89PNG\r\n\x1a\n" + bytes(4_000_000)
+        parts, needles = {"before": a.read_bytes(), "after": over}, ("request body over the limit",)
+    status, text = CLIENTS[client](url, parts, case == "chunked", tmp_path)
+    assert status == 413, text
+    detail = json.loads(text)["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and all(n in detail for n in needles), detail
+
+
+def slowly(body: bytes, seconds: float):
+    """``body`` in 64 KiB pieces spread over about ``seconds``: an upload over a slow link."""
+    chunks = list(pieces(body))
+    for chunk in chunks:
+        time.sleep(seconds / len(chunks))
+        yield chunk
+
+
+def test_a_slow_upload_over_the_cap_still_reads_the_413(small_api, synth):
+    """The body goes on arriving for longer than the keep-alive timeout: answered only once it is all read,
+    the client reads the 413 (answered at once, the connection would be cut mid-upload)."""
+    import requests
+
+    a, _ = pair(synth)
+    body, kind = multipart({"before": a.read_bytes(), "after": b"\x89PNG\r\n\x1a\n" + bytes(3_000_000)})
+    url = str(small_api.base_url).rstrip("/") + "/describe"
+    declared = {"Content-Type": kind, "Content-Length": str(len(body))}
+    response = httpx.post(url, content=slowly(body, 1.5), headers=declared, timeout=30)
+    one_line_error(response, 413, "request body over the limit")
+    response = requests.post(
+        url, data=slowly(body, 1.5), headers={"Content-Type": kind}, timeout=30
+    )  # chunked
+    one_line_error(response, 413, "request body over the limit")
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_python_clients_read_the_415(small_api, synth, tmp_path, client):
+    _, b = pair(synth)
+    url = str(small_api.base_url).rstrip("/") + "/describe"
+    status, text = CLIENTS[client](
+        url, {"before": b"hello, not an image", "after": b.read_bytes()}, False, tmp_path
+    )
+    assert status == 415, text
+    assert json.loads(text) == {"detail": "before: not a PNG, JPEG or TIFF file"}
+
+
+def test_expect_100_continue_is_refused_before_the_body_is_sent(small_api, synth, tmp_path):
+    """A declared length over the cap with ``Expect: 100-continue`` is answered at once: no "100 Continue",
+    so the client never sends the body."""
+    url = str(small_api.base_url).rstrip("/")
+    head = (
+        f"POST /describe HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {2 * SMALL_CAP}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    started = time.monotonic()
+    status, headers, body = raw_response(url, head, timeout=3)  # sends no body at all
+    assert " 413 " in status and headers.get("connection") == "close", (status, headers)
+    assert "request body over the limit" in json.loads(body)["detail"]
+    assert time.monotonic() - started < 2
+    # curl sends Expect: 100-continue for large bodies: it gets the 413 having sent (almost) nothing
+    a, _ = pair(synth)
+    parts = {"before": a.read_bytes(), "after": b"\x89PNG\r\n\x1a\n" + bytes(2_000_000)}
+    status, text = post_curl(url + "/describe", parts, False, tmp_path, "-H", "Expect: 100-continue")
+    assert status == 413 and "request body over the limit" in json.loads(text)["detail"], text
+    assert post_curl.uploaded < SMALL_CAP, post_curl.uploaded
+    # without Expect, curl sends the body, which is read to the end before the 413
+    status, text = post_curl(url + "/describe", parts, False, tmp_path, "-H", "Expect:")
+    assert status == 413 and post_curl.uploaded > 2_000_000, (text, post_curl.uploaded)
+
+
+def test_bodies_past_the_drain_bound_or_stalled_get_the_413_and_a_close(small_api, monkeypatch):
+    from changescope.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "DRAIN_IDLE_SECONDS", 0.3)
+    url = str(small_api.base_url).rstrip("/")
+    head = (
+        f"POST /describe HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+    )
+    # declared far past the bound: answered at once, nothing read, and the connection closed
+    status, headers, body = raw_response(url, head + "Content-Length: 999999999\r\n\r\n")
+    assert " 413 " in status and headers["connection"] == "close", (status, headers)
+    assert json.loads(body)["detail"] == f"request body over the limit of {SMALL_CAP} bytes"
+    # a client that stops sending halfway through a declared 2 MB body: answered once it has been idle
+    status, headers, body = raw_response(
+        url, head + "Content-Length: 2000000\r\n\r\n", [bytes(1_500_000)], timeout=5
+    )
+    assert " 413 " in status and headers["connection"] == "close", (status, headers)
+    # the same with no length at all (chunked), stalled after the cap has passed
+    start, _ = multipart({"before": b"\x89PNG\r\n\x1a\n"})
+    start = start[: start.index(b"PNG") + 7]  # one file part, begun and never ended
+    chunks = [b"%x\r\n%s\r\n" % (len(c), c) for c in (start, *[bytes(65536)] * 20)]
+    status, headers, body = raw_response(url, head + "Transfer-Encoding: chunked\r\n\r\n", chunks)
+    assert " 413 " in status and headers["connection"] == "close", (status, headers)
+    assert small_api.get("/health").status_code == 200
 
 
 def test_wrong_type_missing_field_and_corrupt_image(api, synth):
@@ -371,17 +742,60 @@ def test_chat_session_images_and_errors(api, synth):
     assert api.post("/chat/sessions").status_code == 201
 
 
-def test_chat_without_an_agent_module_is_503(tmp_path):
-    try:
-        from changescope.agent import build_agent  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("changescope.agent provides build_agent: the default agent is used")
+def test_chat_without_an_agent_module_is_503(tmp_path, monkeypatch):
+    # the agent extra cannot be uninstalled for one test: a None entry in sys.modules makes its import
+    # fail as a missing package does
+    monkeypatch.setitem(sys.modules, "changescope.agent", None)
     from fastapi.testclient import TestClient
 
     with TestClient(create_app(workdir=tmp_path, web=False)) as client:
         one_line_error(client.post("/chat", json={"message": "hi"}), 503, "changescope.agent")
+
+
+# -- one model per process ----------------------------------------------------------------------------
+
+
+def test_one_model_and_one_lock_per_process(tmp_path, synth, monkeypatch):
+    """/describe, a /chat turn whose agent calls a tool, and a scene job all run one loaded model (loaded
+    once), under one lock: while it is held, none of them gets through."""
+    from test_agent import ScriptedLLM, call, text
+
+    from changescope.tasks import inference
+
+    loaded = inference.shared("default")  # loaded once here (or by an earlier test); nothing loads again
+    loads = []
+    real_load = inference.load
+    monkeypatch.setattr(inference, "load", lambda spec: loads.append(spec) or real_load(spec))
+    llm = ScriptedLLM([call("detect_changes", "{}"), text("Buildings appeared.")])
+    app = create_app("default", workdir=tmp_path, web=False, agent_options={"llm_url": llm.url})
+    a, b = pair(synth, 1)
+    try:
+        with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as api:
+            session = api.post("/chat/sessions").json()["session"]
+            assert api.post(f"/chat/{session}/images", files=files(a, b)).status_code == 200
+            with ThreadPoolExecutor(3) as pool, inference_held():  # released before the pool is joined
+                described = pool.submit(api.post, "/describe", files=files(a, b))
+                chatted = pool.submit(
+                    api.post, "/chat", json={"session": session, "message": "what changed?"}
+                )
+                created = api.post("/scene", files=files(a, b), data={"max_captions": "1", "tile": "64"})
+                time.sleep(0.7)
+                assert not described.done() and not chatted.done()
+                assert api.get(created.json()["status_url"]).json()["status"] == "running"
+            assert described.result().status_code == 200, described.result().text
+            reply = chatted.result().json()
+            assert reply["reply"] == "Buildings appeared.", reply
+            assert "error" not in reply["tool_calls"][0] and reply["tool_calls"][0]["result"]["classes"]
+            status = wait_for(api, created.json()["status_url"])
+            assert status["status"] == "done", status
+
+        agent = app.state.chats._sessions[session].agent
+        assert agent.session.model is loaded.model is app.state.predictor.model
+        assert app.state.predictor.processor is loaded.processor and app.state.predictor._lock is loaded.lock
+        assert status["summary"]["model"] == str(loaded.path)
+        assert loads == []  # the predictor, the scene job and the agent loaded no copy of their own
+    finally:
+        llm.close()
 
 
 # -- docs and schema ---------------------------------------------------------------------------------

@@ -35,22 +35,37 @@ def chat(
     *,
     session_dir: str | Path | None = None,
 ) -> None:
-    """Run the terminal chat until /quit, Ctrl-D or Ctrl-C; files go to ``session_dir`` (default: a new
-    temporary directory, printed at the start)."""
+    """Run the terminal chat until /quit, Ctrl-D or Ctrl-C; the tools' files (masks, overlays, reports) go
+    to ``session_dir``, which is kept; without it they go to a temporary folder removed at the end."""
+    import shutil
+
     from changescope.agent import build_agent
 
     if (before is None) != (after is None):
         raise ChangescopeError("give both BEFORE and AFTER, or neither")
-    if session_dir is None:
+    temporary = session_dir is None
+    if temporary:
         session_dir = Path(tempfile.mkdtemp(prefix="changescope-chat-"))
-    agent = build_agent(session_dir, model, llm_url, llm_model, gguf, max_steps)
-    if before is not None:
-        agent.set_images(before, after)
-    out = _Output()
-    out.note(f"changescope chat: model {model}, LLM {agent.client!r}")
-    out.note(f"files go to {session_dir}; /help lists the commands")
-    if llm_url is None:
-        out.note("the local model loads on the first message (about 30 s)")
+    else:
+        Path(session_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        agent = build_agent(session_dir, model, llm_url, llm_model, gguf, max_steps)
+        if before is not None:
+            agent.set_images(before, after)
+        out = _Output()
+        out.note(f"changescope chat: model {model}, LLM {agent.client!r}")
+        kept = "removed when the chat ends (--out DIR keeps them)" if temporary else "kept"
+        out.note(f"files go to {session_dir}, {kept}; /help lists the commands")
+        if hasattr(agent.client, "load"):  # the local LLM: load before the first prompt, not inside it
+            out.note("loading the local chat model (about 30 s) ...")
+            agent.client.load()
+        _loop(agent, out)
+    finally:
+        if temporary:
+            shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def _loop(agent, out: _Output) -> None:
     while True:
         try:
             line = out.prompt().strip()

@@ -133,9 +133,18 @@ def load_gguf(path: str | Path) -> tuple[Any, Any]:
                 if importlib.util.find_spec(module) is None:
                     raise MissingDependencyError(module, "agent", "loading a GGUF chat model")
             from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            # transformers draws a de-quantisation progress bar on stderr, which lands inside an open
+            # `you>` prompt; the terminal chat says "loading" itself instead
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             model.eval()
             _LOADED[key] = (model, tokenizer)
         return _LOADED[key]
@@ -160,6 +169,10 @@ class LocalChat:
     @property
     def _lm(self) -> tuple[Any, Any]:
         return load_gguf(self.path)
+
+    def load(self) -> None:
+        """Load the model now (it otherwise loads on the first message)."""
+        load_gguf(self.path)
 
     # -- the ChatClient interface -----------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ paths in results are relative to that directory.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,30 +22,17 @@ from changescope.errors import ChangescopeError, DataError
 from changescope.models.question_encoder import MAX_QUESTION_CHARS
 from changescope.tasks.detection import MIN_AREA, Detection
 
+# the change model is loaded once per process and shared with ``serve`` (its requests, its scene jobs, every
+# chat session): reloading the weights per session would cost seconds and memory. ``shared_model`` stays
+# importable from here.
+from changescope.tasks.inference import shared, shared_model
+
 #: longest free-text argument (a question or a grounding query), as ``tasks.vqa.check_question`` allows
 MAX_TEXT = MAX_QUESTION_CHARS
 
 
 class ToolError(ChangescopeError):
     """A tool call the agent cannot run: unknown tool, bad arguments, or a tool that failed."""
-
-
-# -- the change model, loaded once per process --------------------------------------------------------
-
-_MODELS: dict[str, tuple[Any, Any, Path]] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def shared_model(spec: str | Path) -> tuple[Any, Any, Path]:
-    """``(model, processor, path)`` for ``spec``, loaded once per process and shared by every session
-    (a REST server holds many sessions; reloading the weights for each would cost seconds and memory)."""
-    from changescope.tasks.inference import load, resolve_model
-
-    key = str(resolve_model(spec))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load(spec)
-        return _MODELS[key]
 
 
 # -- the session ------------------------------------------------------------------------------------
@@ -266,7 +252,9 @@ def _scene_report(session: Session) -> dict[str, Any]:
         raise ToolError("no scene pair is set")
     a, b = session.scene
     out = session.directory / "scene"
-    summary = run_scene(a, b, out, session.model_spec, SceneOptions(), progress=False)
+    # the process's loaded model, not a second copy; a later report replaces the earlier one whole
+    loaded = shared_model(session.model_spec)
+    summary = run_scene(a, b, out, loaded, SceneOptions(), progress=False, overwrite=True)
     # the full summary lists every region; the model gets the totals and the largest few
     regions = [{k: r[k] for k in ("class", "pixels", "area_m2", "caption")} for r in summary["regions"][:5]]
     return {
@@ -414,4 +402,7 @@ def run_tool(session: Session, tools: list[Tool], name: Any, raw_arguments: Any)
         raise ToolError(f"unknown tool '{name}'; the tools are: {', '.join(by_name)}")
     tool = by_name[name]
     arguments = check_arguments(tool, parse_arguments(raw_arguments))
-    return tool.run(session, **arguments)
+    # a tool runs the process's one model under its lock, for the whole call (short on a pair; a
+    # scene_report holds it for its scene): a REST server runs other requests on the same model beside it
+    with shared(session.model_spec).lock:
+        return tool.run(session, **arguments)

@@ -5,6 +5,15 @@ Date B is resampled onto date A's grid (CRS, transform, width, height) through a
 the grids differ, so every reader downstream sees two rasters with one grid and can index both with the same
 window. Both dates go through one :class:`StretchRule`, fitted on the two dates pooled: stretching each date
 on its own would turn a real brightness change into no change.
+
+Which bands are R, G, B (:func:`pick_bands`), unless given: the band descriptions when they name one red,
+one green and one blue band (``BAND_NAMES``: red / green / blue, Sentinel-2 B04 / B03 / B02, Landsat 8-9
+B4 / B3 / B2 and SR_B4 / SR_B3 / SR_B2), else the colour interpretation when it does, else bands 1, 2, 3.
+Descriptions come first because GDAL gives every 3- or 4-band 8-bit GeoTIFF the colour interpretation
+red, green, blue on bands 1, 2, 3 unless told otherwise, so in a GeoTIFF that default says nothing about
+what the bands hold (it is taken as "first three bands"); a PNG's or JPEG's colour interpretation is the
+format's own and counts. Landsat 4-7 number their bands differently (red is band 3): their files need
+``bands``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,30 @@ if TYPE_CHECKING:
 _EXTRA = "geo"
 _FEATURE = "reading GeoTIFF scenes"
 _DEFAULT_BANDS = (1, 2, 3)
+_COLOURS = ("red", "green", "blue")
+#: band descriptions (case and surrounding spaces ignored) that name a colour: common names, Sentinel-2
+#: (B04 / B03 / B02, also spelled B4 / B3 / B2) and Landsat 8-9 (B4 / B3 / B2; Collection 2 SR_B4 ...)
+BAND_NAMES = {
+    "red": ("red", "b04", "b4", "sr_b4"),
+    "green": ("green", "b03", "b3", "sr_b3"),
+    "blue": ("blue", "b02", "b2", "sr_b2"),
+}
+#: where the R, G, B band indices came from, as ``Scene.band_source`` and the scene summary say
+FROM_BANDS, FROM_DESCRIPTIONS, FROM_COLORINTERP, FROM_DEFAULT = (
+    "--bands",
+    "band descriptions",
+    "colour interpretation",
+    "first three bands",
+)
+#: ``StretchRule.fit`` modes: "auto" (8-bit: identity unless dark / low contrast), "none", "percentile"
+STRETCH_MODES = ("auto", "none", "percentile")
+#: "auto" stretches 8-bit data whose widest band spreads its 2nd-98th percentiles over fewer levels
+#: (3/8 of 0..255). Measured (widest band, both dates pooled): SynthChange pairs 95..189 (5th percentile
+#: 114), the real 8-bit training sets shown to the model as they are 100..240 (xBD 109..190, SZTAKI
+#: 127..224, OSCD quick-looks mostly 100..238); dark DN scenes 43..83 (Landsat 7 ETM+ L7_ETMs bands 3,2,1:
+#: 83; the Landsat Taizhou scene, which training itself stretches, about 43; OSCD Saclay quick-looks 50..60).
+#: Half the range (128) would stretch a quarter of the training chips; 96 stretches only the dark scenes.
+LOW_CONTRAST_SPREAD = 96.0
 
 
 def _rasterio():
@@ -52,28 +85,78 @@ def _is_local(path: str | Path) -> bool:
     return "://" not in text and not text.startswith("/vsi")
 
 
-def _pick_bands(path: Path, count: int, bands: Sequence[int] | None) -> tuple[int, int, int]:
-    """1-based (R, G, B) band indices, checked against the raster's band count."""
+def _colour_of(description: str | None) -> str | None:
+    text = (description or "").strip().lower()
+    return next((colour for colour, names in BAND_NAMES.items() if text in names), None)
+
+
+def _rgb_of(colours: Sequence[str | None]) -> tuple[int, int, int] | None:
+    """1-based (R, G, B) when exactly one band has each colour, else None."""
+    found = []
+    for colour in _COLOURS:
+        hits = [i + 1 for i, c in enumerate(colours) if c == colour]
+        if len(hits) != 1:
+            return None
+        found.append(hits[0])
+    return found[0], found[1], found[2]
+
+
+def _colorinterp_names(dataset: Any) -> list[str]:
+    return [ci.name for ci in dataset.colorinterp]
+
+
+def band_labels(dataset: Any) -> list[str | None]:
+    """Each band's label: its description, else its colour interpretation when that names something
+    (not gray / undefined), else None."""
+    names = _colorinterp_names(dataset)
+    labels = []
+    for index in range(dataset.count):
+        description = (dataset.descriptions[index] or "").strip()
+        interp = names[index]
+        labels.append(description or (interp if interp not in ("gray", "undefined") else None))
+    return labels
+
+
+def _auto_bands(dataset: Any) -> tuple[tuple[int, int, int] | None, str]:
+    """(R, G, B, source) read from the band descriptions or the colour interpretation; (None, default)."""
+    by_description = _rgb_of([_colour_of(d) for d in dataset.descriptions])
+    if by_description is not None:
+        return by_description, FROM_DESCRIPTIONS
+    interp = _colorinterp_names(dataset)
+    by_interp = _rgb_of([n if n in _COLOURS else None for n in interp])
+    gdal_default = by_interp == _DEFAULT_BANDS and dataset.driver == "GTiff"  # see the module docstring
+    if by_interp is not None and not gdal_default:
+        return by_interp, FROM_COLORINTERP
+    return None, FROM_DEFAULT
+
+
+def pick_bands(path: Path, dataset: Any, bands: Sequence[int] | None) -> tuple[tuple[int, int, int], str]:
+    """1-based (R, G, B) band indices and where they came from (``FROM_*``), checked against the raster."""
+    count = dataset.count
     if bands is None:
+        picked, source = _auto_bands(dataset)
+        if picked is not None:
+            return picked, source
         if count < 3:
             noun = "band" if count == 1 else "bands"
             raise DataError(path, f"has {count} {noun}; pass --bands with 3 band indices")
-        return _DEFAULT_BANDS
+        return _DEFAULT_BANDS, FROM_DEFAULT
     picked = tuple(int(b) for b in bands)
     if len(picked) != 3:
         raise DataError(path, f"--bands needs 3 band indices (R,G,B), got {len(picked)}: {picked}")
     for band in picked:
         if not 1 <= band <= count:
             raise DataError(path, f"band {band} does not exist: the raster has bands 1..{count}")
-    return picked  # type: ignore[return-value]
+    return picked, FROM_BANDS  # type: ignore[return-value]
 
 
 class Scene:
     """One date: a rasterio dataset, the three bands read from it and its grid.
 
     ``crs`` is None and ``transform`` the identity when the raster has no georeference (a PNG, a JPEG, a
-    TIFF without CRS): coordinates are then pixel (column, row) positions. Use as a context manager, or call
-    :meth:`close`.
+    TIFF without CRS): coordinates are then pixel (column, row) positions. ``band_source`` says where
+    ``bands`` came from (``FROM_*``) and ``labels`` holds the chosen bands' descriptions or colour
+    interpretations (None where a band has neither). Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -84,11 +167,17 @@ class Scene:
         *,
         georeferenced: bool,
         owns: Sequence[Any] = (),
+        band_source: str = FROM_BANDS,
+        labels: Sequence[str | None] | None = None,
     ):
         affine = require("affine", _EXTRA, _FEATURE)
         self.path = Path(path)
         self.dataset = dataset
         self.bands = bands
+        self.band_source = band_source
+        self.labels = (
+            tuple(labels) if labels is not None else tuple(band_labels(dataset)[b - 1] for b in bands)
+        )
         self.georeferenced = georeferenced
         self.crs = dataset.crs if georeferenced else None
         self.transform = dataset.transform if georeferenced else affine.Affine.identity()
@@ -172,7 +261,8 @@ def _georeferenced(path: Path, dataset: Any) -> bool:
 
 
 def open_scene(path: str | Path, bands: Sequence[int] | None = None) -> Scene:
-    """Open any raster rasterio reads and pick its (R, G, B) bands (1-based; default 1, 2, 3)."""
+    """Open any raster rasterio reads and pick its (R, G, B) bands (1-based; None: from the band
+    descriptions or colour interpretation, else 1, 2, 3; see the module docstring)."""
     rasterio = _rasterio()
     source, path = path, Path(path)  # open the caller's spelling: Path() would fold "s3://" into "s3:/"
     if _is_local(source) and not path.exists():
@@ -183,11 +273,20 @@ def open_scene(path: str | Path, bands: Sequence[int] | None = None) -> Scene:
         except rasterio.errors.RasterioIOError as err:
             raise DataError(path, f"cannot be read as a raster ({_one_line(err)})") from err
     try:
-        picked = _pick_bands(path, dataset.count, bands)
-        return Scene(path, dataset, picked, georeferenced=_georeferenced(path, dataset))
+        picked, source = pick_bands(path, dataset, bands)
+        return Scene(path, dataset, picked, georeferenced=_georeferenced(path, dataset), band_source=source)
     except BaseException:
         dataset.close()
         raise
+
+
+def _ordinal(value: float) -> str:
+    number = f"{value:g}"
+    if not number.isdigit():
+        return f"{number}th"
+    tail = int(number) % 100
+    suffix = "th" if 10 <= tail <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(tail % 10, "th")
+    return number + suffix
 
 
 @dataclass
@@ -196,43 +295,91 @@ class StretchRule:
 
     :meth:`fit` pools a decimated sample of both dates' valid pixels per band (nodata, masked and
     non-finite pixels ignored) and takes its ``percentiles`` (2nd and 98th): one rule for both dates, so a
-    pixel that got brighter between the dates still reads brighter after the stretch. 8-bit data is already
-    display-ready and is not stretched: the rule is then the identity (low 0, high 255), which is also what
-    the model saw in training. A band with high == low maps to 0.
+    pixel that got brighter between the dates still reads brighter after the stretch. 8-bit data that
+    already spreads over the range is display-ready and is not stretched (mode "auto"): the rule is then
+    the identity (low 0, high 255), which is also what the model saw of such data in training; dark or
+    low-contrast 8-bit data (``LOW_CONTRAST_SPREAD``) gets the percentile stretch like 16-bit and float
+    data. ``reason`` says in one line which rule was applied and why. A band with high == low maps to 0.
     """
 
     low: np.ndarray
     high: np.ndarray
     percentiles: tuple[float, float] = (2, 98)
+    reason: str = ""
 
     def __post_init__(self) -> None:
         self.low = np.asarray(self.low, np.float64).reshape(-1)
         self.high = np.asarray(self.high, np.float64).reshape(-1)
 
     @classmethod
-    def identity(cls) -> StretchRule:
+    def identity(cls, reason: str = "8-bit data") -> StretchRule:
         """The rule for 8-bit data: 0..255 -> 0..1 unchanged (``percentiles`` keep their default)."""
-        return cls(np.zeros(3), np.full(3, 255.0))
+        return cls(np.zeros(3), np.full(3, 255.0), reason=reason)
 
     @property
     def is_identity(self) -> bool:
         """True for the 8-bit rule: a report can say "no stretch" instead of quoting percentiles."""
         return bool((self.low == 0).all() and (self.high == 255).all())
 
-    @classmethod
-    def fit(
-        cls, scene_a: Scene, scene_b: Scene, sample: int = 1024, percentiles: tuple[float, float] = (2, 98)
-    ) -> StretchRule:
-        if scene_a.dtype == np.uint8 and scene_b.dtype == np.uint8:
-            return cls.identity()
+    @property
+    def description(self) -> str:
+        """The rule in words, for a summary or a report."""
+        if self.is_identity:
+            return "identity (8-bit values as they are)"
+        low, high = (_ordinal(p) for p in self.percentiles)
+        return (
+            f"linear from the {low} to the {high} percentile per band, pooled over decimated samples of "
+            "both dates, clipped to 0..255"
+        )
+
+    @staticmethod
+    def _pooled(scene_a: Scene, scene_b: Scene, sample: int, percentiles: tuple[float, float]):
         samples = []
         for scene in (scene_a, scene_b):
             values = scene.sample(sample)
             if values.shape[1] == 0:
                 raise DataError(scene.path, f"has no valid pixels in bands {scene.bands} (all nodata?)")
             samples.append(values)
-        low, high = np.percentile(np.concatenate(samples, axis=1), percentiles, axis=1)
-        return cls(low, high, tuple(percentiles))
+        return np.percentile(np.concatenate(samples, axis=1), percentiles, axis=1)
+
+    @classmethod
+    def fit(
+        cls,
+        scene_a: Scene,
+        scene_b: Scene,
+        sample: int = 1024,
+        percentiles: tuple[float, float] = (2, 98),
+        mode: str = "auto",
+    ) -> StretchRule:
+        """The rule for a pair. ``mode`` (``STRETCH_MODES``): "auto" stretches 16-bit and float data, and
+        8-bit data only when its widest band's pooled percentile spread is under ``LOW_CONTRAST_SPREAD``;
+        "percentile" always stretches; "none" keeps 8-bit values as they are (other data: DataError)."""
+        if mode not in STRETCH_MODES:
+            raise ValueError(f"stretch mode must be one of {', '.join(STRETCH_MODES)}, got {mode!r}")
+        wide = [s for s in (scene_a, scene_b) if s.dtype != np.uint8]
+        if mode == "none":
+            if wide:
+                raise DataError(
+                    wide[0].path,
+                    f"is {wide[0].dtype}: --stretch none keeps values as they are and needs 8-bit data; "
+                    "use --stretch auto or percentile",
+                )
+            return cls.identity("stretch 'none' asked for: 8-bit values as they are")
+        low, high = cls._pooled(scene_a, scene_b, sample, percentiles)
+        pct = f"{_ordinal(percentiles[0])}-{_ordinal(percentiles[1])} percentile"
+        if mode == "percentile":
+            return cls(low, high, tuple(percentiles), "stretch 'percentile' asked for")
+        if wide:
+            kinds = " and ".join(sorted({str(s.dtype) for s in wide}))
+            return cls(low, high, tuple(percentiles), f"{kinds} data is always stretched to 8 bits")
+        spread = float((high - low).max())
+        levels = f"the widest band's pooled {pct} spread is {spread:.0f} of 255 levels"
+        if spread >= LOW_CONTRAST_SPREAD:
+            return cls.identity(
+                f"8-bit data already using the range: {levels} (>= {LOW_CONTRAST_SPREAD:.0f})"
+            )
+        reason = f"8-bit data is dark or low in contrast: {levels} (< {LOW_CONTRAST_SPREAD:.0f})"
+        return cls(low, high, tuple(percentiles), reason)
 
     def _broadcast(self) -> tuple[np.ndarray, np.ndarray]:
         shape = (3, 1, 1)  # band axis -3: broadcasts over [3, h, w] and [n, 3, h, w]
@@ -335,7 +482,43 @@ def _on_grid(a: Scene, b: Scene) -> Scene:
             )
     except Exception as err:  # GDAL/PROJ errors vary; the user needs one line
         raise DataError(b.path, f"cannot be resampled onto {a.path.name}'s grid ({_one_line(err)})") from err
-    return Scene(b.path, vrt, b.bands, georeferenced=True, owns=[b.dataset])
+    return Scene(
+        b.path, vrt, b.bands, georeferenced=True, owns=[b.dataset], band_source=b.band_source, labels=b.labels
+    )
+
+
+def _colour_label(label: str | None) -> str | None:
+    return _colour_of(label) or (label if label in _COLOURS else None)
+
+
+def check_band_meanings(a: Scene, b: Scene) -> None:
+    """DataError when one date's R, G, B came from its band labels and the other's are just its first three
+    bands, unless those first three are bands 1, 2, 3 of the labelled date too and carry no label that
+    says otherwise: a red band compared with a blue one is a change everywhere."""
+    labelled_sources = (FROM_DESCRIPTIONS, FROM_COLORINTERP)
+    sources = {a.band_source, b.band_source}
+    if FROM_BANDS in sources or (a.band_source in labelled_sources) == (b.band_source in labelled_sources):
+        return
+    labelled, plain = (a, b) if a.band_source in labelled_sources else (b, a)
+    wrong = [
+        f"band {band} is labelled {label}"
+        for band, label, colour in zip(plain.bands, plain.labels, _COLOURS, strict=True)
+        if label is not None and _colour_label(label) != colour
+    ]
+    if labelled.bands == _DEFAULT_BANDS and not wrong:
+        return
+    if wrong:
+        why = "; ".join(wrong)
+    elif plain.labels == _COLOURS:
+        why = "its colour interpretation red, green, blue is GDAL's default for 8-bit GeoTIFFs, not a label"
+    else:
+        why = "it has no red, green and blue band labels"
+    rgb = ", ".join(str(band) for band in labelled.bands)
+    raise DataError(
+        plain.path,
+        f"would be read as bands 1, 2, 3 = R, G, B ({why}), but {labelled.path.name} reads bands {rgb} as "
+        f"R, G, B from its {labelled.band_source}: give each date's R,G,B bands (--bands, --bands-b)",
+    )
 
 
 def _check_plain_pair(a: Scene, b: Scene) -> None:
@@ -354,11 +537,15 @@ def aligned_pair(
     *,
     bands_b: Sequence[int] | None = None,
     sample: int = 1024,
+    stretch: str = "auto",
 ) -> AlignedPair:
     """Open A and B, check they overlap, put B on A's grid and fit one stretch for both.
 
-    ``bands`` (1-based R, G, B) apply to both dates unless ``bands_b`` gives B's own. Two rasters without
-    georeference are taken as pixel grids and must have the same size. Close the result (context manager).
+    ``bands`` (1-based R, G, B) apply to both dates unless ``bands_b`` gives B's own; a date without
+    either gets its R, G, B from its band labels (module docstring), and :func:`check_band_meanings` stops
+    a pair whose dates' bands cannot be matched. ``stretch`` is a ``StretchRule.fit`` mode. Two rasters
+    without georeference are taken as pixel grids and must have the same size. Close the result (context
+    manager).
     """
     scene_a = open_scene(path_a, bands)
     try:
@@ -367,6 +554,7 @@ def aligned_pair(
         scene_a.close()
         raise
     try:
+        check_band_meanings(scene_a, scene_b)
         if scene_a.georeferenced != scene_b.georeferenced:
             has, lacks = (scene_a, scene_b) if scene_a.georeferenced else (scene_b, scene_a)
             problem = (
@@ -378,7 +566,7 @@ def aligned_pair(
         else:
             _check_plain_pair(scene_a, scene_b)
             window = require("rasterio.windows", _EXTRA, _FEATURE).Window(0, 0, scene_a.width, scene_a.height)
-        rule = StretchRule.fit(scene_a, scene_b, sample)
+        rule = StretchRule.fit(scene_a, scene_b, sample, mode=stretch)
         b_on_a = _on_grid(scene_a, scene_b) if scene_a.georeferenced else scene_b
     except BaseException:
         scene_b.close()

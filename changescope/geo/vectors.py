@@ -1,10 +1,26 @@
 """Change polygons of a class-map GeoTIFF, with areas in m2, written as GeoJSON or GeoPackage.
 
-Areas are what a practitioner reports, so they must be right in any CRS: in a projected CRS whose scale
-is near 1 over the scene (UTM, national grids) the planar area is what GIS software shows and is used
-as is, converted from the CRS unit to metres; in a geographic CRS, or a projected one that distorts area by
-more than 1 % at the scene (Web Mercator away from the equator), it is the geodesic area on the WGS84
-ellipsoid.
+Areas are what a practitioner reports, so they must be right in any CRS. The rule, decided once per raster
+at its centre and recorded per polygon (``area_method``) and in a scene's summary:
+
+* ``planar``: a projected CRS whose areal scale factor is within 1 % of 1 at the scene (UTM, national
+  grids): the planar area, which is what GIS software shows, converted from the CRS unit to metres. Also the
+  fallback when PROJ cannot transform the CRS to longitude / latitude at all (a conversion PROJ does not
+  implement, e.g. EPSG:2218's Lambert Conic Conformal (West Orientated)): nothing else can be computed.
+* ``geodesic``: a geographic CRS, a projected one that distorts area by more than 1 % at the scene (Web
+  Mercator away from the equator), or one whose areal scale PROJ cannot compute there: the geodesic area on
+  the CRS's own ellipsoid (WGS 84 for most Earth CRSs; a Mars CRS gets Mars), which does not depend on the
+  projection.
+* ``unknown``: no georeference, or (``UNREADABLE``) a geographic CRS PROJ cannot read: ``area_m2`` None.
+
+PROJ's failures seen here, found by trying every EPSG projected CRS and a few edge cases: building a
+transformer raises ``pyproj.exceptions.ProjError`` ("Input is not a transformation.", "Error creating
+Transformer from CRS."), ``pyproj.Proj`` raises ``pyproj.exceptions.CRSError`` for a CRS without a PROJ
+string, and a point outside the projection's domain (beyond an orthographic projection's horizon) raises
+``ProjError`` under ``errcheck=True`` (inf without it). Longitude / latitude outputs (``centroid_lonlat``,
+GeoJSON coordinates) are WGS 84 (EPSG:4326); a CRS that PROJ cannot transform to WGS 84 (another celestial
+body, or the conversions above) has no ``centroid_lonlat`` and its GeoJSON keeps the raster's CRS
+coordinates, with a ``note`` saying so.
 """
 
 from __future__ import annotations
@@ -32,10 +48,16 @@ PLANAR_TOLERANCE = 0.01  # areal scale factor within 1 % of 1: planar area; else
 #: follow the raster's grid lines, which are not geodesics
 GEOD_SEGMENT_PX = 16
 PIXEL_NOTE = "no georeference: coordinates are pixel (column, row) positions in image A, y down"
+#: the ``area_method`` values; geodesic names its ellipsoid: ``GEODESIC.format(ellipsoid="WGS 84")``
+GEODESIC = "geodesic ({ellipsoid} ellipsoid)"
+PLANAR = "planar (projected CRS units, converted to m2)"
+UNKNOWN = "unknown (no georeference)"
+UNREADABLE = "unknown (PROJ cannot read the CRS's longitude / latitude)"
 BASE_FIELDS = (
     "class",
     "class_id",
     "area_m2",
+    "area_method",
     "pixels",
     "centroid_x",
     "centroid_y",
@@ -48,14 +70,29 @@ def _shapely():
     return require("shapely", _EXTRA, _FEATURE)
 
 
+def _pyproj():
+    return require("pyproj", _EXTRA, _FEATURE)
+
+
 def _pyproj_crs(crs: Any) -> Any:
-    pyproj = require("pyproj", _EXTRA, _FEATURE)
-    return pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    return _pyproj().CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _to_lonlat(crs: Any) -> Any:
-    pyproj = require("pyproj", _EXTRA, _FEATURE)
-    return pyproj.Transformer.from_crs(_pyproj_crs(crs), "EPSG:4326", always_xy=True)
+    """A transformer from ``crs`` to WGS 84 longitude / latitude; raises ``pyproj.exceptions.ProjError``
+    when PROJ has none (another celestial body, or a conversion PROJ does not implement)."""
+    return _pyproj().Transformer.from_crs(_pyproj_crs(crs), "EPSG:4326", always_xy=True)
+
+
+def _to_lonlat_or_none(crs: Any) -> Any:
+    try:
+        return _to_lonlat(crs)
+    except _pyproj().exceptions.ProjError:
+        return None
 
 
 def _reproject(geometry: Any, transformer: Any) -> Any:
@@ -65,36 +102,99 @@ def _reproject(geometry: Any, transformer: Any) -> Any:
 
 
 class AreaModel:
-    """Turns a polygon in a CRS into m2: planar (unit factor squared) or geodesic, chosen once per raster."""
+    """Turns a polygon in a CRS into m2, planar or geodesic, chosen once per raster (module docstring).
+
+    ``method`` is one of ``PLANAR``, ``GEODESIC`` (formatted with the ellipsoid's name) or ``UNKNOWN``;
+    ``reason`` says in one line why. ``transformer`` goes to WGS 84 longitude / latitude, None when PROJ
+    cannot do that.
+    """
 
     def __init__(self, crs: Any, transform: Any, centre: tuple[float, float]):
         """``centre``: the (column, row) where the projection's areal scale decides planar or geodesic."""
+        pyproj = _pyproj()
         self.crs = _pyproj_crs(crs)
         self.transform = transform
         self.pixel = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
-        self.transformer = _to_lonlat(crs)
+        self.transformer = _to_lonlat_or_none(crs)
         self.unit = 1.0
-        self.geodesic = self.crs.is_geographic
-        if not self.geodesic:
+        self.geod = self.crs.get_geod()  # the CRS's own ellipsoid (None for an engineering CRS)
+        self.to_geodetic, failure = None, "it has no geodetic CRS"
+        if self.geod is not None and self.crs.geodetic_crs is not None:
+            try:  # the CRS's own longitude / latitude: no datum shift, works on any celestial body
+                self.to_geodetic = pyproj.Transformer.from_crs(
+                    self.crs, self.crs.geodetic_crs, always_xy=True
+                )
+            except pyproj.exceptions.ProjError as err:
+                failure = f"ProjError: {_one_line(err)}"
+        if not self.crs.is_geographic and self.crs.axis_info:
             self.unit = float(self.crs.axis_info[0].unit_conversion_factor)
-            self.geodesic = abs(self._areal_scale(*_apply(transform, *centre)) - 1.0) > PLANAR_TOLERANCE
+        name = self.crs.name if self.crs.name not in ("", "unknown") else "the raster's CRS"
+        if self.to_geodetic is None:
+            if self.crs.is_geographic or not self.crs.axis_info:
+                self.method, self.reason = UNREADABLE, f"{name}: {failure}"
+            else:
+                self.method = PLANAR
+                self.reason = (
+                    f"PROJ cannot transform {name} to longitude / latitude ({failure}): its areal scale "
+                    "cannot be checked and no geodesic area computed, so the planar area is used"
+                )
+            return
+        geodesic = GEODESIC.format(ellipsoid=self.crs.ellipsoid.name)
+        if self.crs.is_geographic:
+            self.method, self.reason = geodesic, f"{name} is a geographic CRS (degrees)"
+            return
+        scale, failure = self._areal_scale(*_apply(transform, *centre))
+        if scale is None:
+            self.method = geodesic
+            self.reason = (
+                f"PROJ cannot compute the areal scale of {name} at the scene centre ({failure}), so the "
+                "planar area cannot be checked: the geodesic area does not depend on the projection"
+            )
+        elif abs(scale - 1.0) > PLANAR_TOLERANCE:
+            self.method = geodesic
+            self.reason = (
+                f"the areal scale of {name} at the scene centre is {scale:.4g}, more than 1 % from 1"
+            )
+        else:
+            self.method = PLANAR
+            self.reason = f"the areal scale of {name} at the scene centre is {scale:.6g}, within 1 % of 1"
 
-    def _areal_scale(self, x: float, y: float) -> float:
-        pyproj = require("pyproj", _EXTRA, _FEATURE)
+    @property
+    def geodesic(self) -> bool:
+        return self.method.startswith("geodesic")
+
+    def _areal_scale(self, x: float, y: float) -> tuple[float | None, str]:
+        """(the areal scale factor at CRS point (x, y), "") or (None, why PROJ cannot compute it)."""
+        pyproj = _pyproj()
         try:
-            lon, lat = self.transformer.transform(x, y)
-            return float(pyproj.Proj(self.crs).get_factors(lon, lat).areal_scale)
-        except Exception:  # a projection PROJ cannot differentiate: trust its planar area
-            return 1.0
+            lon, lat = self.to_geodetic.transform(x, y, errcheck=True)
+            scale = float(pyproj.Proj(self.crs).get_factors(lon, lat, errcheck=True).areal_scale)
+        except pyproj.exceptions.CRSError as err:  # pyproj.Proj: the CRS has no PROJ string
+            return None, f"CRSError: {_one_line(err)}"
+        except pyproj.exceptions.ProjError as err:  # the point is outside the projection's domain
+            return None, f"ProjError: {_one_line(err)}"
+        if not math.isfinite(scale) or scale <= 0:
+            return None, f"areal scale {scale}"
+        return scale, ""
 
-    def area_m2(self, geometry: Any) -> float:
+    def area_m2(self, geometry: Any) -> float | None:
+        if self.method.startswith("unknown"):
+            return None
         if not self.geodesic:
             return float(geometry.area) * self.unit**2
-        pyproj = require("pyproj", _EXTRA, _FEATURE)
         dense = _shapely().segmentize(geometry, GEOD_SEGMENT_PX * self.pixel)
-        lonlat = _reproject(dense, self.transformer)
-        area, _ = pyproj.Geod(ellps="WGS84").geometry_area_perimeter(lonlat)
+        lonlat = _reproject(dense, self.to_geodetic)
+        area, _ = self.geod.geometry_area_perimeter(lonlat)
         return abs(float(area))
+
+
+def area_method(crs: Any, transform: Any, shape: tuple[int, int]) -> dict[str, str]:
+    """``{"method": ..., "reason": ...}``: how :func:`polygonize` computes the areas of a raster of
+    ``shape`` (height, width) on this grid (``UNKNOWN`` without a CRS)."""
+    if crs is None:
+        return {"method": UNKNOWN, "reason": "the raster has no CRS: areas in m2 are not known"}
+    model = AreaModel(crs, transform, (shape[1] / 2, shape[0] / 2))
+    return {"method": model.method, "reason": model.reason}
 
 
 def _apply(transform: Any, x: float, y: float) -> tuple[float, float]:
@@ -151,7 +251,7 @@ def _feature(
     geometry = _world(polygon, transform) if crs is not None else polygon
     centroid = geometry.centroid
     lonlat = None
-    if crs is not None:
+    if crs is not None and areas.transformer is not None:
         lon, lat = areas.transformer.transform(centroid.x, centroid.y)
         lonlat = (float(lon), float(lat))
     return {
@@ -160,6 +260,7 @@ def _feature(
         "class_name": classes[class_id] if class_id < len(classes) else f"class_{class_id}",
         "pixels": int(round(polygon.area)),
         "area_m2": areas.area_m2(geometry) if crs is not None else None,
+        "area_method": areas.method if crs is not None else UNKNOWN,
         "centroid": (float(centroid.x), float(centroid.y)),
         "centroid_lonlat": lonlat,
         "bbox_pixels": (col0, row0, col1, row1),
@@ -171,9 +272,11 @@ def polygonize(path: str | Path, classes: Sequence[str], min_area_px: int = 1) -
 
     Each feature: ``geometry`` (shapely, in the raster's CRS; pixel (column, row) coordinates without
     georeference), ``class_id``, ``class_name`` (``classes[class_id]``), ``pixels``, ``area_m2`` (None
-    without georeference; see the module docstring for the rule), ``centroid`` (x, y in the raster's
-    CRS), ``centroid_lonlat`` (None without georeference) and ``bbox_pixels`` (col0, row0, col1, row1,
-    end-exclusive). Polygons under ``min_area_px`` pixels are dropped; the rest come largest first.
+    without georeference; see the module docstring for the rule), ``area_method`` (which rule:
+    ``PLANAR``, ``GEODESIC`` with the ellipsoid's name, ``UNKNOWN``), ``centroid`` (x, y in the raster's
+    CRS), ``centroid_lonlat`` (WGS 84; None without georeference or when PROJ cannot go to WGS 84) and
+    ``bbox_pixels`` (col0, row0, col1, row1, end-exclusive). Polygons under ``min_area_px`` pixels are
+    dropped; the rest come largest first.
 
     The class map is read whole: it is uint8, one byte per pixel (a 20 000 x 20 000 scene is 400 MB), which
     is far less than the float accumulators the tiling avoided, and GDAL's polygonizer needs the raster.
@@ -202,6 +305,7 @@ def _properties(feature: dict) -> dict:
         feature["class_name"],
         feature["class_id"],
         feature["area_m2"],
+        feature.get("area_method", UNKNOWN if feature["area_m2"] is None else None),
         feature["pixels"],
         *feature["centroid"],
         *lonlat,
@@ -230,7 +334,8 @@ def _rounded(coords: Any, digits: int | None) -> Any:
 
 
 def _geojson_geometry(geometry: Any, transformer: Any) -> dict:
-    """RFC 7946 geometry: lon/lat (7 decimals, about 1 cm) when georeferenced, exterior ring anticlockwise."""
+    """RFC 7946 geometry: lon/lat (7 decimals, about 1 cm) when ``transformer`` is given, exterior ring
+    anticlockwise."""
     shapely = _shapely()
     if transformer is not None:
         geometry = _reproject(geometry, transformer)
@@ -241,10 +346,15 @@ def _geojson_geometry(geometry: Any, transformer: Any) -> dict:
 
 
 def _write_geojson(features: Sequence[dict], rows: list[dict], path: Path, crs: Any) -> None:
-    transformer = _to_lonlat(crs) if crs is not None else None
+    transformer = _to_lonlat_or_none(crs) if crs is not None else None
     collection: dict[str, Any] = {"type": "FeatureCollection"}
     if crs is None:
         collection["note"] = PIXEL_NOTE  # a foreign member (RFC 7946 section 6.1)
+    elif transformer is None:
+        collection["note"] = (
+            f"PROJ cannot transform {_pyproj_crs(crs).name} to WGS 84 longitude / latitude: coordinates "
+            "are in the raster's CRS, not RFC 7946 longitude / latitude"
+        )
     collection["features"] = [
         {
             "type": "Feature",
@@ -331,7 +441,8 @@ def write_vectors(
     """Write :func:`polygonize` features atomically as GeoJSON (RFC 7946) or GeoPackage (``"gpkg"``).
 
     GeoJSON coordinates are lon/lat (EPSG:4326) when ``crs`` is given, else pixel positions with a
-    top-level ``note`` saying so; GeoPackage keeps the raster's CRS (layer ``changes``). Properties: the
+    top-level ``note`` saying so (the raster's CRS coordinates, with a ``note``, for a CRS PROJ cannot
+    transform to WGS 84); GeoPackage keeps the raster's CRS (layer ``changes``). Properties: the
     ``BASE_FIELDS`` plus the keys of ``extra_properties[i]`` for feature i (a list aligned with
     ``features``, e.g. captions), which may not reuse a base name.
     """

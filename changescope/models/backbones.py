@@ -34,7 +34,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _timm():
-    return require("timm", "train", "the timm backbones")
+    return require("timm", None, "the timm backbones")
 
 
 def _is_counter(key: str) -> bool:
@@ -88,7 +88,7 @@ def packaged_weights(name: str = "tf_efficientnet_lite0", in_chans: int = 3) -> 
     if name not in PACKAGED_WEIGHTS:
         raise ChangescopeError(f"no packaged weights for {name!r}; packaged: {', '.join(PACKAGED_WEIGHTS)}")
     module_name, class_name = PACKAGED_WEIGHTS[name]
-    package = require(module_name, "train", f"the packaged ImageNet weights of {name}")
+    package = require(module_name, None, f"the packaged ImageNet weights of {name}")
     path = getattr(package, class_name).get_model_file_path()
     stored = torch.load(path, map_location="cpu", weights_only=True)
     source = [v for k, v in stored.items() if not _is_counter(k)]

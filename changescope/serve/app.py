@@ -2,8 +2,10 @@
 
 Uploads are PNG, JPEG or TIFF by content (415 otherwise), each at most ``max_upload_bytes`` (413); the
 whole request body is capped at twice that plus 1 MiB while it streams in, so a client that lies in
-Content-Length or sends no length at all is cut off early too. Every error is JSON ``{"detail": "..."}``
-with one line; library errors about the input (``ChangescopeError``) are 422.
+Content-Length or sends no length at all is refused too (``BodyLimit`` says how, so that every HTTP client
+reads the 413). Every error is JSON ``{"detail": "..."}`` with one line; library errors about the input
+(``ChangescopeError``) are 422. A full scene queue is 429 with ``Retry-After``; a server shutting down
+answers 503 to new scene jobs.
 
 ``/detect`` and ``/ask`` return their overlay inline as ``overlay_png`` (base64 PNG): one round trip, and
 the server keeps nothing per request.
@@ -16,8 +18,9 @@ import tempfile
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +45,16 @@ STATIC = Path(__file__).resolve().parent / "static"
 CHUNK = 1 << 20
 #: bound of the min_area form fields (numpy compares in int64)
 MAX_AREA = 2**31 - 1
+#: how much of an over-limit body is read and thrown away before the 413 goes out, in multiples of the
+#: limit. Python's HTTP clients send the whole body before they read a reply; a server that answers and
+#: closes with body bytes still unread makes the kernel reset the connection, and the client reports
+#: "connection reset by peer" instead of the 413 (urllib always: it sends ``Connection: close``; requests
+#: and httpx when the reset beats the reply, or the upload outlasts the keep-alive timeout). Reading the
+#: rest costs bandwidth, so it stops here: beyond it the reply is sent at once and the connection closed.
+DRAIN_FACTOR = 4
+#: seconds without a byte after which draining an over-limit body stops (a client that stalls mid-body)
+DRAIN_IDLE_SECONDS = 5.0
+CLOSE = {"Connection": "close"}
 
 
 class Error(BaseModel):
@@ -67,6 +80,9 @@ class JobCreated(BaseModel):
 class JobStatus(BaseModel):
     job: str
     status: str = Field(description="queued, running, done or failed")
+    position: int | None = Field(
+        None, ge=0, description="while queued: how many jobs run before this one (the running one too)"
+    )
     error: str | None = None
     summary: dict[str, Any] | None = None
 
@@ -92,23 +108,60 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 UPLOAD_ERRORS = _errors(413, 415)
+SCENE_ERRORS = {
+    **_errors(413, 415, 503),
+    429: {
+        "model": Error,
+        "description": "the scene queue is full",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
+}
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes, counting as it streams in."""
+    """ASGI middleware: refuse a request body over ``limit`` bytes, from its Content-Length or as it
+    streams in, with a 413 ``{"detail": ...}`` every client can read.
+
+    Before answering, the rest of the body is read and thrown away, up to ``DRAIN_FACTOR`` times the limit
+    (see there why). A declared length beyond that, or a client that stalls, gets the 413 at once and a
+    closed connection. A client that sent ``Expect: 100-continue`` is answered before any body is read:
+    uvicorn sends "100 Continue" only when the app first calls ``receive()``, so that body is never sent.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+        self.drain = DRAIN_FACTOR * limit
 
     def _message(self) -> str:
         return f"request body over the limit of {self.limit} bytes"
 
+    def _refusal(self, close: bool) -> JSONResponse:
+        return JSONResponse({"detail": self._message()}, 413, headers=CLOSE if close else None)
+
+    async def _read_rest(self, receive, seen: int) -> bool:
+        """Read and drop the body to its end (True), unless it passes ``drain`` bytes, stalls or the client
+        goes away (False)."""
+        while seen <= self.drain:
+            message = None
+            with anyio.move_on_after(DRAIN_IDLE_SECONDS):
+                message = await receive()
+            if message is None or message["type"] != "http.request":
+                return False
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return seen <= self.drain
+        return False
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await JSONResponse({"detail": self._message()}, 413)(scope, receive, send)
+            # with Expect: 100-continue nothing has been sent yet, nor will be if we answer now
+            waiting = b"100-continue" in headers.get(b"expect", b"").lower()
+            drained = not waiting and int(length) <= self.drain and await self._read_rest(receive, 0)
+            return await self._refusal(close=not drained)(scope, receive, send)
         seen = 0
 
         async def limited_receive():
@@ -117,8 +170,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    drained = not message.get("more_body", False) or await self._read_rest(receive, seen)
                     # FastAPI re-raises HTTPExceptions from body parsing, so this becomes a 413 reply
-                    raise HTTPException(413, self._message())
+                    raise HTTPException(413, self._message(), headers=None if drained else CLOSE)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -184,7 +238,7 @@ def create_app(
     own_workdir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="changescope-serve-") if own_workdir else workdir)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = SceneJobs(root / "scenes", predictor.path)
+    jobs = SceneJobs(root / "scenes", model)  # the predictor's model: one copy per process
     chats = ChatSessions(root / "chat", agent_factory or default_agent_factory(**(agent_options or {})))
     limit = max_upload_bytes
 
@@ -204,13 +258,13 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.predictor, app.state.jobs, app.state.chats = predictor, jobs, chats
+    app.state.predictor, app.state.jobs, app.state.chats, app.state.workdir = predictor, jobs, chats, root
     app.add_middleware(BodyLimit, limit=2 * limit + CHUNK)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, err: ServiceError):
-        return JSONResponse({"detail": str(err)}, err.status)
+        return JSONResponse({"detail": str(err)}, err.status, headers=err.headers)
 
     @app.exception_handler(ChangescopeError)
     async def _library_error(_request: Request, err: ChangescopeError):
@@ -275,21 +329,32 @@ def create_app(
             result, picture = predictor.ask(paths["before"], paths["after"], question, min_area)
         return {**result, "overlay_png": None if picture is None else png_base64(picture)}
 
-    @app.post("/scene", status_code=202, response_model=JobCreated, responses=_errors(413, 415, 429))
+    @app.post("/scene", status_code=202, response_model=JobCreated, responses=SCENE_ERRORS)
     def scene(
         request: Request,
         before: UploadFile = File(..., description="GeoTIFF, PNG or JPEG of the earlier date"),
         after: UploadFile = File(..., description="the later date; resampled onto before's grid"),
-        bands: str | None = Form(None, description="1-based band numbers read as R,G,B, e.g. 3,2,1"),
+        bands: str | None = Form(
+            None,
+            description="1-based band numbers read as R,G,B, e.g. 3,2,1 (default: from the band "
+            "descriptions or colour interpretation, else 1,2,3)",
+        ),
+        bands_b: str | None = Form(None, description="after's own R,G,B band numbers when they differ"),
+        stretch: Literal["auto", "none", "percentile"] = Form(
+            "auto", description="auto: 16-bit, float and dark 8-bit data stretched; none; percentile"
+        ),
         tile: int = Form(256, ge=32, le=2048),
         min_area: int = Form(10, ge=0, le=MAX_AREA),
         max_captions: int = Form(50, ge=0, le=1000),
     ) -> dict[str, Any]:
-        """Queue a scene run; poll ``status_url`` until ``done``, then fetch the files its summary lists."""
+        """Queue a scene run; poll ``status_url`` until ``done``, then fetch the files its summary lists.
+        A full queue is 429 (``Retry-After`` says when to try again)."""
         from changescope.tasks.scene import SceneOptions
 
         options = SceneOptions(
             bands=_parse_bands(bands),
+            bands_b=_parse_bands(bands_b),
+            stretch=stretch,
             tile=tile,
             overlap=min(32, tile // 2 - 1),
             min_area=min_area,
@@ -309,7 +374,8 @@ def create_app(
         "/scene/{job}", response_model=JobStatus, response_model_exclude_none=True, responses=_errors(404)
     )
     def scene_status(job: str) -> dict[str, Any]:
-        return jobs.get(job).view()
+        """The job's state; ``position`` while it is queued."""
+        return jobs.view(job)
 
     @app.get("/scene/{job}/files/{name}", response_class=FileResponse, responses=_errors(404))
     def scene_file(job: str, name: str) -> FileResponse:

@@ -1,10 +1,13 @@
 """What the REST API and the web app both do, free of HTTP: one model shared by every request, scene jobs
 run one at a time in a background thread, chat sessions kept in memory.
 
-Inference is serialised by one lock. The model itself would mostly be fine under concurrent calls
-(``inference_mode``, no state written), but a lock makes that true by construction, costs nothing on a
-CPU that one forward pass already keeps busy, and keeps peak memory at one batch. File reading and
-writing stay outside the lock.
+The model is the process's one copy (``tasks.inference.shared``): the predictor, the scene jobs and every
+chat agent's tools run the same object, so the weights are in memory once. Inference is serialised by that
+model's one lock. The model itself would mostly be fine under concurrent calls (``inference_mode``, no state
+written), but a lock makes that true by construction, costs nothing on a CPU that one forward pass already
+keeps busy, and keeps peak memory at one batch. File reading and writing stay outside the lock. A scene
+job takes the lock per batch of tiles or captions (``_Serialised``), not for its whole run: a scene can
+take minutes, and the single-pair requests that arrive meanwhile are answered between its batches.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import contextlib
 import inspect
 import io
 import logging
+import math
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -31,7 +36,7 @@ from PIL import Image
 from changescope import __version__
 from changescope.data.imageio import read_rgb
 from changescope.errors import ChangescopeError, DataError
-from changescope.tasks.inference import Decoding, caption_pairs, load
+from changescope.tasks.inference import Decoding, caption_pairs, shared
 
 log = logging.getLogger("changescope.serve")
 
@@ -52,8 +57,8 @@ MAGIC: tuple[tuple[bytes, str], ...] = (
 class ServiceError(ChangescopeError):
     """A one-line error with the HTTP status it maps to (413, 415, 429, 503, ...)."""
 
-    def __init__(self, status: int, message: str):
-        self.status = status
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        self.status, self.headers = status, headers
         super().__init__(message)
 
 
@@ -101,8 +106,9 @@ class Predictor:
     """The loaded model and what can be asked of it; every method takes image files."""
 
     def __init__(self, spec: str | Path):
-        self.model, self.processor, self.path = load(spec)
-        self._lock = threading.Lock()
+        loaded = shared(spec)  # the process's one copy, and its lock
+        self.model, self.processor, self.path = loaded.triple()
+        self._lock = loaded.lock
 
     @property
     def classes(self) -> list[str]:
@@ -178,9 +184,12 @@ class Job:
     status: str = "queued"  # queued | running | done | failed
     error: str | None = None
     summary: dict[str, Any] | None = None
+    started: float | None = None
 
-    def view(self) -> dict[str, Any]:
+    def view(self, position: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"job": self.id, "status": self.status}
+        if position is not None:
+            out["position"] = position
         if self.error is not None:
             out["error"] = self.error
         if self.summary is not None:
@@ -188,32 +197,83 @@ class Job:
         return out
 
 
-class SceneJobs:
-    """Scene runs queued on one worker thread (a scene already uses every core it is given)."""
+class _Serialised:
+    """The model with each forward pass and each ``generate`` call taken under ``lock``: what a scene job
+    hands ``run_scene`` (those are the two ways the scene pipeline runs a model), so the lock is held per
+    batch and the reading, blending and polygonizing between batches run outside it."""
 
-    def __init__(self, root: Path, model_path: Path, max_waiting: int = 8, max_kept: int = 32):
-        self.root, self.model_path = root, model_path
+    def __init__(self, model, lock):
+        self._model, self._lock = model, lock
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self._lock:
+            return self._model.generate(*args, **kwargs)
+
+
+class SceneJobs:
+    """Scene runs queued on one worker thread (a scene already uses every core it is given). A job's
+    uploads are removed when it ends; its outputs stay until it is pruned.
+
+    At most ``max_waiting`` jobs are queued or running; one more is refused (429, with ``Retry-After``).
+    After ``close`` (the server is shutting down) new jobs are refused (503) and queued ones fail as
+    cancelled."""
+
+    #: seconds a client is told to wait when the queue is full and no job has finished yet to time
+    RETRY_AFTER_DEFAULT = 30
+
+    def __init__(self, root: Path, model: str | Path, max_waiting: int = 8, max_kept: int = 32):
+        self.root, self.model_spec = root, model
         self.max_waiting, self.max_kept = max_waiting, max_kept
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job] = {}  # in submission order, which is the order they run in
+        self._durations: list[float] = []  # of the last few runs, for Retry-After
+        self._closed = False
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changescope-scene")
 
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise ServiceError(503, "the server is shutting down and takes no new scene jobs")
+
     def new(self) -> Job:
         """A job with its directory, not yet queued (uploads go into ``job.dir / 'input'``)."""
+        self._refuse_if_closed()
         job_id = uuid.uuid4().hex
         job = Job(job_id, self.root / job_id)
         (job.dir / "input").mkdir(parents=True)
         return job
 
+    def _retry_after(self) -> int:
+        """Seconds until a place in the queue is likely free: the mean time of the last few runs."""
+        if not self._durations:
+            return self.RETRY_AFTER_DEFAULT
+        return max(1, min(3600, math.ceil(sum(self._durations) / len(self._durations))))
+
     def submit(self, job: Job, before: Path, after: Path, options) -> Job:
         with self._lock:
-            waiting = sum(j.status in ("queued", "running") for j in self._jobs.values())
-            if waiting >= self.max_waiting:
+            try:
+                self._refuse_if_closed()
+                waiting = sum(j.status in ("queued", "running") for j in self._jobs.values())
+                if waiting >= self.max_waiting:
+                    seconds = self._retry_after()
+                    raise ServiceError(
+                        429,
+                        f"the scene queue is full: {waiting} jobs are queued or running (at most "
+                        f"{self.max_waiting}); try again in about {seconds} s",
+                        headers={"Retry-After": str(seconds)},
+                    )
+            except ServiceError:
                 shutil.rmtree(job.dir, ignore_errors=True)
-                raise ServiceError(429, f"{waiting} scene jobs are already waiting; try again later")
+                raise
             self._jobs[job.id] = job
             self._prune()
-        self._pool.submit(self._run, job, before, after, options)
+            self._pool.submit(self._run, job, before, after, options)
         return job
 
     def _prune(self) -> None:
@@ -226,9 +286,14 @@ class SceneJobs:
     def _run(self, job: Job, before: Path, after: Path, options) -> None:
         from changescope.tasks.scene import run_scene
 
-        job.status = "running"
+        with self._lock:
+            if job.status != "queued":  # cancelled by close() after it was handed to the worker
+                return
+            job.status, job.started = "running", time.monotonic()
         try:
-            job.summary = run_scene(before, after, job.dir / "out", self.model_path, options, progress=False)
+            loaded = shared(self.model_spec)  # the process's one copy: no second load
+            model = (_Serialised(loaded.model, loaded.lock), loaded.processor, loaded.path)
+            job.summary = run_scene(before, after, job.dir / "out", model, options, progress=False)
             job.status = "done"
         except ChangescopeError as err:
             # name the uploads as the client sent them, not by their place on this server
@@ -236,12 +301,30 @@ class SceneJobs:
         except Exception as err:  # a job must end in a state the client can read, whatever happened
             log.exception("scene job %s failed", job.id)
             job.error, job.status = f"internal error: {err.__class__.__name__}: {err}", "failed"
+        finally:
+            shutil.rmtree(job.dir / "input", ignore_errors=True)  # the uploads are not needed any more
+        with self._lock:
+            self._durations = [*self._durations[-7:], time.monotonic() - job.started]
 
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise ServiceError(404, f"no scene job '{job_id}'")
         return job
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """The job's state; while queued, ``position``: how many jobs run before it (the running one too)."""
+        with self._lock:
+            job = self.get(job_id)
+            position = None
+            if job.status == "queued":
+                ahead = []
+                for other in self._jobs.values():
+                    if other is job:
+                        break
+                    ahead.append(other)
+                position = sum(j.status in ("queued", "running") for j in ahead)
+            return job.view(position)
 
     def output(self, job_id: str, name: str) -> Path:
         """An output file of a finished job; only names its summary lists (so no path can escape)."""
@@ -251,6 +334,13 @@ class SceneJobs:
         return job.dir / "out" / name
 
     def close(self) -> None:
+        """Take no new jobs; cancel the queued ones (the running one finishes in its thread)."""
+        with self._lock:
+            self._closed = True
+            for job in self._jobs.values():
+                if job.status == "queued":
+                    job.status, job.error = "failed", "cancelled: the server shut down before the job started"
+                    shutil.rmtree(job.dir / "input", ignore_errors=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

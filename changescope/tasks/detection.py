@@ -216,13 +216,14 @@ def detect_pair(
 
 
 def write_detection(
-    detection: Detection, classes: list[str], after_image: np.ndarray, out: str | Path
+    detection: Detection,
+    classes: list[str],
+    after_image: np.ndarray,
+    out: str | Path,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``mask.png``, ``overlay.png`` and ``result.json`` into ``out``.
-
-    The files are written into a temporary sibling directory and moved in at the end, ``result.json``
-    last, so an interrupted run never leaves a ``result.json`` beside missing or stale images.
-    """
+    """Write ``mask.png``, ``overlay.png`` and ``result.json`` as the folder ``out`` (``fileio.output_dir``:
+    built beside it and moved in whole; a non-empty ``out`` needs ``overwrite``)."""
     from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
@@ -230,4 +231,4 @@ def write_detection(
         "mask.png": Image.fromarray(detection.mask, mode="L"),
         "overlay.png": overlay(after_image, detection.mask, classes),
     }
-    return write_outputs(out, images, "result.json", detection.result)
+    return write_outputs(out, images, "result.json", detection.result, overwrite)

@@ -7,6 +7,7 @@ or the word ``default``: the model shipped inside the package (trained on SynthC
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,39 @@ def load(spec: str | Path) -> tuple[ChangeModel, ChangeProcessor, Path]:
     path = resolve_model(spec)
     model, processor = from_pretrained(path)
     return model, processor, path
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """A model loaded once per process, and the lock that serialises its inference."""
+
+    model: ChangeModel
+    processor: ChangeProcessor
+    path: Path
+    lock: threading.RLock
+
+    def triple(self) -> tuple[ChangeModel, ChangeProcessor, Path]:
+        return self.model, self.processor, self.path
+
+
+_SHARED: dict[Path, SharedModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(spec: str | Path) -> SharedModel:
+    """The model ``spec`` names, loaded on first use and then shared by everything in this process that runs
+    it (``serve``'s requests and scene jobs, every agent session): one copy of the weights in memory, one
+    lock (reentrant) that callers hold around inference."""
+    key = resolve_model(spec).resolve()
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = SharedModel(*load(spec), threading.RLock())
+        return _SHARED[key]
+
+
+def shared_model(spec: str | Path) -> tuple[ChangeModel, ChangeProcessor, Path]:
+    """``(model, processor, path)`` of ``shared(spec)``, as ``load`` returns them."""
+    return shared(spec).triple()
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

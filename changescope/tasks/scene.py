@@ -6,8 +6,9 @@ The pipeline (DESIGN.md section 8): open A and B, put B on A's grid and fit one 
 (``geo.vectors.polygonize``); caption the largest regions, each from a window around it; write
 ``changes.geojson`` (or ``.gpkg``), ``summary.json`` and ``report.html``.
 
-Every output is written to a temporary file and renamed. ``summary.json`` is removed first and written
-last, so a run interrupted at any point never leaves a summary beside missing or stale outputs.
+Every output is written into a temporary folder beside ``OUT`` that becomes ``OUT`` only when the run
+succeeds (``fileio.output_dir``): a run interrupted at any point leaves ``OUT`` as it was, and an earlier
+run's files never stay beside the new ones. A non-empty ``OUT`` needs ``overwrite``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ GDAL_CACHE_MB = 64
 
 @dataclass
 class SceneOptions:
-    #: 1-based band indices read as R, G, B (None: 1, 2, 3)
+    #: 1-based band indices read as R, G, B (None: from the band descriptions or colour interpretation,
+    #: else 1, 2, 3; ``geo.raster`` module docstring)
     bands: tuple[int, ...] | None = None
+    #: B's own R, G, B band indices when they differ from A's (None: as ``bands``)
+    bands_b: tuple[int, ...] | None = None
+    #: "auto" (16-bit / float: percentile stretch; 8-bit: as it is unless dark or low in contrast), "none"
+    #: (8-bit values as they are) or "percentile" (always the pooled 2nd-98th percentile stretch)
+    stretch: str = "auto"
     tile: int = 256
     overlap: int = 32
     batch_size: int = 8
@@ -56,6 +63,8 @@ class SceneOptions:
             raise ChangescopeError("--tile must be >= 32 and 0 <= --overlap < tile / 2")
         if self.vector_format not in ("geojson", "gpkg"):
             raise ChangescopeError("--vector-format must be geojson or gpkg")
+        if self.stretch not in ("auto", "none", "percentile"):
+            raise ChangescopeError(f"--stretch must be auto, none or percentile, not {self.stretch!r}")
         for name in ("batch_size", "beam"):
             if getattr(self, name) < 1:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
@@ -129,12 +138,19 @@ def run_scene(
     a: str | Path,
     b: str | Path,
     out: str | Path,
-    model_spec: str | Path = "default",
+    model: str | Path | tuple = "default",
     options: SceneOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole scene pipeline; return the summary (also written to ``OUT/summary.json``)."""
+    """Run the whole scene pipeline; return the summary (also written to ``OUT/summary.json``).
+
+    ``model`` is a model spec (directory, run directory, 'default') or an already loaded
+    ``(model, processor, path)`` triple as ``tasks.inference.load`` returns (so a server or an agent that
+    holds the model does not load a second copy).
+    """
     from changescope.errors import require
+    from changescope.fileio import check_output_dir, output_dir
     from changescope.tasks.inference import load
 
     rasterio = require("rasterio", "geo", "scenes")
@@ -144,20 +160,22 @@ def run_scene(
 
     options = options or SceneOptions()
     options.validate()
-    out = Path(out)
+    out = check_output_dir(out, overwrite)  # before any work: a refusal costs nothing
     start = time.perf_counter()
     # GDAL's block cache defaults to 5 % of RAM and fills with every block read or written, so without a
     # cap peak memory grows with the scene until that limit (measured: +355 MiB from 4096 to 8192 px)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), aligned_pair(a, b, options.bands) as pair:
-        model, processor, model_path = load(model_spec)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        aligned_pair(a, b, options.bands, bands_b=options.bands_b, stretch=options.stretch) as pair,
+        output_dir(out, overwrite) as tmp,
+    ):
+        model, processor, model_path = model if isinstance(model, tuple) else load(model)
         model.require("mask")
         resolution = _resolution(model, pair, options)
         device = torch.device(options.device)
         model.to(device)
         classes = list(model.config.classes)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)
-        changes = out / "changes.tif"
+        changes = tmp / "changes.tif"
         with _progress_bar(progress) as bar:
             run_tiles(
                 pair,
@@ -172,15 +190,15 @@ def run_scene(
         features = polygonize(changes, classes, min_area_px=options.min_area)
         with torch.inference_mode():
             captions = caption_regions(model, processor, pair, features, options)
-        vectors = out / f"changes.{options.vector_format}"
+        vectors = tmp / f"changes.{options.vector_format}"
         extra = [{"caption": c or ""} for c in captions]
         write_vectors(features, vectors, pair.crs, options.vector_format, extra_properties=extra)
         summary = _summary(a, b, model_path, pair, features, captions, classes, options)
         summary["resolution"] = resolution
         summary["seconds"] = round(time.perf_counter() - start, 2)
         summary["outputs"] = ["changes.tif", vectors.name, "report.html", "summary.json"]
-        write_scene_report(pair, changes, summary, classes, out / "report.html")
-    write_json_atomic(out / "summary.json", summary)
+        write_scene_report(pair, changes, summary, classes, tmp / "report.html")
+        write_json_atomic(tmp / "summary.json", summary)
     return summary
 
 
@@ -213,9 +231,35 @@ def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
     }
 
 
+def _bands_of(scene) -> dict[str, Any]:
+    return {"rgb": list(scene.bands), "source": scene.band_source, "labels": list(scene.labels)}
+
+
+def _bands(pair) -> dict[str, Any]:
+    """Which bands were read as R, G, B and from what; B's own entry under "b" when they differ from A's."""
+    bands = _bands_of(pair.a)
+    b = _bands_of(pair.b)
+    if (b["rgb"], b["source"]) != (bands["rgb"], bands["source"]):
+        bands["b"] = b
+    return bands
+
+
+def _stretch(rule, options: SceneOptions) -> dict[str, Any]:
+    return {
+        "mode": options.stretch,
+        "rule": rule.description,
+        "reason": rule.reason,
+        "low": np.asarray(rule.low).round(4).tolist(),
+        "high": np.asarray(rule.high).round(4).tolist(),
+    }
+
+
 def _summary(a, b, model_path, pair, features, captions, classes, options) -> dict[str, Any]:
+    from changescope.geo.vectors import area_method
+
     window = pair.window
     pixel_area = abs(pair.transform.a * pair.transform.e - pair.transform.b * pair.transform.d)
+    areas = area_method(pair.crs, pair.transform, (pair.height, pair.width))  # polygonize's rule
     regions = [
         {
             "class": f["class_name"],
@@ -230,7 +274,6 @@ def _summary(a, b, model_path, pair, features, captions, classes, options) -> di
         }
         for f, c in zip(features, captions, strict=True)
     ]
-    rule = pair.rule
     return {
         "a": str(a),
         "b": str(b),
@@ -243,14 +286,10 @@ def _summary(a, b, model_path, pair, features, captions, classes, options) -> di
         "size": [pair.width, pair.height],
         "processed_window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
         "pixel_area_crs_units": pixel_area if pair.georeferenced else None,
-        "stretch": {
-            "rule": "identity (8-bit data)"
-            if rule.is_identity
-            else f"linear from the {rule.percentiles[0]}th to the {rule.percentiles[1]}th percentile per "
-            "band, pooled over decimated samples of both dates, clipped to 0..255",
-            "low": np.asarray(rule.low).round(4).tolist(),
-            "high": np.asarray(rule.high).round(4).tolist(),
-        },
+        "area_method": areas["method"],
+        "area_method_reason": areas["reason"],
+        "bands": _bands(pair),
+        "stretch": _stretch(pair.rule, options),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "classes": class_totals(features, classes),
         "regions_total": len(features),
@@ -330,7 +369,13 @@ def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], p
                 f"<li>{html.escape(region['class'])}, {region['pixels']} px{area}: "
                 f"{html.escape(region['caption'])}</li>"
             )
-    note = summary["note"] or f"CRS {summary['crs']}; areas in m2"
+    note = summary["note"] or f"CRS {summary['crs']}; areas in m2, {summary['area_method']}"
+    bands = summary["bands"]
+    read = f"bands {', '.join(map(str, bands['rgb']))} as R, G, B ({bands['source']})"
+    if "b" in bands:
+        b = bands["b"]
+        read = f"A: {read}; B: bands {', '.join(map(str, b['rgb']))} ({b['source']})"
+    stretch = summary["stretch"]
     title = f"What changed between {Path(summary['a']).name} and {Path(summary['b']).name}"
     text = (
         "<!doctype html><meta charset='utf-8'><title>changescope scene report</title>"
@@ -339,7 +384,8 @@ def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], p
         "td:first-child{text-align:left}</style>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p>{html.escape(note)}. Model {html.escape(summary['model'])}. "
-        f"Stretch: {html.escape(summary['stretch']['rule'])}.</p>{figures}"
+        f"Read {html.escape(read)}. Stretch: {html.escape(stretch['rule'])} "
+        f"({html.escape(stretch['reason'])}).</p>{figures}"
         f"<table><tr><th>class</th><th>regions</th><th>pixels</th><th>area ({unit})</th></tr>"
         f"{''.join(rows)}</table>"
         f"<h2>Captioned regions (largest {summary['regions_captioned']} of {summary['regions_total']})</h2>"

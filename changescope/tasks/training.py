@@ -180,15 +180,63 @@ class TrainOptions:
         return cls(**values)
 
     def validate(self) -> None:
+        """Check every option before anything is read or written (flags and --config YAML alike)."""
+        from changescope.models.presets import PRESETS
+
         if not self.data or not self.out:
             raise ChangescopeError("training needs --data and --out")
+        self._check_types()
+        data, out = Path(self.data), Path(self.out)
+        if not data.exists():
+            raise DataError(data, "training data not found (a dataset folder or a mix file)")
+        if data.is_file() and data.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise DataError(data, "not a dataset folder or a mix file (.yaml / .yml / .json)")
+        if out.exists() and not out.is_dir():
+            raise DataError(out, "is a file; --out takes a run folder")
+        if self.preset not in PRESETS:
+            raise ChangescopeError(f"--preset: unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+        if self.question_encoder not in (None, "minilm", "words"):
+            raise ChangescopeError(f"--question-encoder takes minilm or words, got '{self.question_encoder}'")
+        if self.init not in (None, "default") and not Path(self.init).exists():
+            raise DataError(self.init, "--init model not found")
         parse_tasks(self.tasks)
         parse_freeze(self.freeze)
         if self.monitor is not None:
             parse_monitor(self.monitor)
+        if self.gsd is not None:
+            _gsd_list(self.gsd)
         for name in ("epochs", "batch_size", "min_freq", "devices", "questions_per_pair"):
             if getattr(self, name) < 1:
-                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
+                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "patience", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("mask_weight", "dice_weight", "vqa_weight", "grounding_weight", "free_form_weight",
+                     "backbone_lr_scale", "weight_decay"):  # fmt: skip
+            if not getattr(self, name) >= 0:
+                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ChangescopeError(f"--lr must be a positive number, got {self.lr}")
+        if self.image_size is not None and self.image_size < 32:
+            raise ChangescopeError(f"--image-size must be >= 32 pixels, got {self.image_size}")
+        if self.limit_pairs is not None and self.limit_pairs < 1:
+            raise ChangescopeError(f"--limit-pairs must be >= 1, got {self.limit_pairs}")
+
+    def _check_types(self) -> None:
+        """Values from a YAML config arrive untyped: refuse ``epochs: two`` here, not as a traceback later."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if value is None or f.name in ("gsd", "overrides"):
+                continue
+            if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes a whole number, got {value!r}")
+            if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes a number, got {value!r}")
+            if kind.startswith("str") and not isinstance(value, str):
+                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes text, got {value!r}")
+            if kind.startswith("bool") and not isinstance(value, bool):
+                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes true or false, got {value!r}")
 
 
 class ChangeTask(pl.LightningModule):

@@ -143,9 +143,9 @@ def ask_pair(
     return Answer(mask, result)
 
 
-def write_answer(answer: Answer, after_image: np.ndarray, out: str | Path) -> Path:
-    """Write ``mask.png`` (0 / 255), ``overlay.png`` and ``answer.json`` into ``out``; moved in from a
-    temporary directory, ``answer.json`` last, so it never sits beside missing or stale images."""
+def write_answer(answer: Answer, after_image: np.ndarray, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``mask.png`` (0 / 255), ``overlay.png`` and ``answer.json`` as the folder ``out``
+    (``fileio.output_dir``: built beside it and moved in whole; a non-empty ``out`` needs ``overwrite``)."""
     from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
@@ -154,7 +154,7 @@ def write_answer(answer: Answer, after_image: np.ndarray, out: str | Path) -> Pa
         mask = answer.mask.astype(np.uint8)
         images["mask.png"] = Image.fromarray(mask * np.uint8(255), mode="L")
         images["overlay.png"] = overlay(after_image, mask, ["background", "answer"])
-    return write_outputs(out, images, "answer.json", answer.result)
+    return write_outputs(out, images, "answer.json", answer.result, overwrite)
 
 
 # -- a whole split ------------------------------------------------------------------------------------
