@@ -107,7 +107,9 @@ def main() -> None:
     from changescope.tasks.inference import load
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=[], help="MODEL (repeatable)")
+    parser.add_argument(
+        "--model", action="append", default=[], help="MODEL or MODEL@PRECISION (default@bf16), repeatable"
+    )
     parser.add_argument(
         "--realdata", default=str(Path(__file__).resolve().parents[2] / "shared" / "realdata")
     )
@@ -117,7 +119,7 @@ def main() -> None:
     parser.add_argument("--synth", default=None, help="also score this SynthChange folder's test split")
     args = parser.parse_args()
     realdata = Path(args.realdata)
-    models = [(spec, *load(spec)[:2]) for spec in args.model]
+    models = [(spec, *load(*spec.split("@", 1))[:2]) for spec in args.model]
     rows = []
     sets = list(REAL_SETS)
     if args.synth:

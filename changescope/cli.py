@@ -23,6 +23,22 @@ data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=Tru
 app.add_typer(data_app, name="data")
 
 
+def _precision_option():
+    return typer.Option(
+        None,
+        "--precision",
+        help="Inference precision: fp32, bf16 (CPU AMX units, GPUs) or fp16 (GPUs); "
+        "default: the measured default (benchmarks/RESULTS.md, 'Precision').",
+    )
+
+
+def _check_precision(precision: str | None) -> None:
+    from changescope.models.change_model import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+
+
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
@@ -309,6 +325,7 @@ def evaluate(
     meteor: bool | None = typer.Option(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Run MODEL on a dataset split and print the paper-style tables of every task it shares with the data.
 
@@ -322,12 +339,15 @@ def evaluate(
     from changescope.tasks.inference import evaluate as run_evaluation
 
     _check_decoding(beam, batch_size, length_penalty)
+    _check_precision(precision)
     _check_model(model)
     _input_dir(data)
     _output_file(out, "--out")
     _output_file(predictions, "--predictions")
     decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
-    result = run_evaluation(model, data, split, format, decoding, meteor=meteor, predictions_out=predictions)
+    result = run_evaluation(
+        model, data, split, format, decoding, meteor=meteor, predictions_out=predictions, precision=precision
+    )
     if out is not None:
         write_json_atomic(out, result)
     if as_json:
@@ -360,6 +380,7 @@ def describe(
     batch_size: int = typer.Option(32, "--batch-size"),
     out: Path | None = typer.Option(None, "--out", help="For a folder: write JSONL here (else print it)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Say what changed between two images (any size Pillow reads), or for every pair in a folder.
 
@@ -369,13 +390,14 @@ def describe(
     from changescope.tasks.inference import (
         Decoding,
         check_pair_files,
-        describe_files,
         folder_pairs,
+        iter_descriptions,
         load,
-        write_jsonl,
+        write_jsonl_resumable,
     )
 
     _check_decoding(beam, batch_size, length_penalty)
+    _check_precision(precision)
     if len(paths) > 3:
         raise typer.BadParameter("give BEFORE AFTER or a FOLDER, optionally after MODEL")
     model_spec, inputs = _split_model_arg(paths)
@@ -393,17 +415,31 @@ def describe(
     _output_file(out, "--out")
     _check_model(model_spec)
     check_pair_files(pairs)
-    model, processor, model_path = load(model_spec)
-    rows = describe_files(model, processor, pairs, decoding)
-    if out is not None:
-        write_jsonl(out, rows)
-        typer.echo(f"wrote {len(rows)} captions to {out}")
-    elif as_json:
+    model, processor, model_path = load(model_spec, precision)
+    if out is not None:  # streamed into OUT.part, renamed at the end; a rerun resumes an interrupted one
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("captioning pairs", total=len(pairs))
+
+            def rows_for(pending):
+                progress.update(task, completed=len(pairs) - len(pending))
+                for row in iter_descriptions(model, processor, pending, decoding):
+                    progress.advance(task)
+                    yield row
+
+            written, kept = write_jsonl_resumable(out, rows_for, pairs)
+        resumed = f" ({kept} kept from an interrupted run)" if kept else ""
+        typer.echo(f"wrote {written + kept} captions to {out}{resumed}")
+        return
+    rows = iter_descriptions(model, processor, pairs, decoding)
+    if as_json:
         meta = {"model": str(model_path), "beam_size": beam}
-        _echo_json({**rows[0], **meta} if len(inputs) == 2 else [{**r, **meta} for r in rows])
+        rows = [{**r, **meta} for r in rows]
+        _echo_json(rows[0] if len(inputs) == 2 else rows)
     else:
-        for row in rows:
-            typer.echo(row["caption"] if len(rows) == 1 else f"{row['id']}\t{row['caption']}")
+        for row in rows:  # printed as each batch is captioned
+            typer.echo(row["caption"] if len(pairs) == 1 else f"{row['id']}\t{row['caption']}")
 
 
 @app.command()
@@ -417,6 +453,7 @@ def detect(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
 
@@ -428,6 +465,7 @@ def detect(
     from changescope.tasks.inference import Decoding, check_pair_files, load
 
     _positive(gsd, "--gsd")
+    _check_precision(precision)
     model_spec, inputs = _split_model_arg(paths)
     if len(inputs) != 2:
         raise typer.BadParameter("give BEFORE AFTER, optionally after MODEL")
@@ -438,7 +476,7 @@ def detect(
         check_output_dir(out, overwrite)
     _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
-    model, processor, model_path = load(model_spec)
+    model, processor, model_path = load(model_spec, precision)
     detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam), gsd=gsd)
     detection.result["model"] = str(model_path)
     if out is not None:
@@ -468,6 +506,7 @@ def ask(
     min_area: int = typer.Option(10, "--min-area", min=0, help="Drop grounded regions under N pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer JSON."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
 
@@ -481,6 +520,7 @@ def ask(
 
     if len(args) not in (3, 4):
         raise typer.BadParameter('give BEFORE AFTER "QUESTION", optionally after MODEL')
+    _check_precision(precision)
     question = check_question(args[-1])
     model_spec, (before, after) = ("default", args[:2]) if len(args) == 3 else (args[0], args[1:3])
     before, after = _input_file(Path(before), "image"), _input_file(Path(after), "image")
@@ -488,7 +528,7 @@ def ask(
         check_output_dir(out, overwrite)
     _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
-    model, processor, model_path = load(model_spec)
+    model, processor, model_path = load(model_spec, precision)
     answer = ask_pair(model, processor, before, after, question, min_area)
     answer.result["model"] = str(model_path)
     if out is not None:
@@ -556,6 +596,7 @@ def scene(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Map what changed between two co-registered scenes of any size.
 
@@ -585,11 +626,13 @@ def scene(
         beam=beam,
         device=device,
         gsd=gsd,
+        precision=precision,
     )
     from changescope.errors import ChangescopeError as _Error
     from changescope.fileio import check_output_dir
 
     _positive(gsd, "--gsd")
+    _check_precision(precision)
     _check_device(device)
     try:
         options.validate()
@@ -624,6 +667,7 @@ def serve(
         None, "--llm-url", help="OpenAI-compatible server for /chat (default: the local SmolLM2)."
     ),
     llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
+    precision: str | None = _precision_option(),
 ) -> None:
     """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
     from changescope.errors import require_all
@@ -636,9 +680,16 @@ def serve(
     if max_upload_mb < 1:
         raise typer.BadParameter("--max-upload-mb must be >= 1")
     _check_llm_url(llm_url)
+    _check_precision(precision)
     _check_model(model)
     run_server(
-        host=host, port=port, model=model, max_upload_mb=max_upload_mb, llm_url=llm_url, llm_model=llm_model
+        host=host,
+        port=port,
+        model=model,
+        max_upload_mb=max_upload_mb,
+        llm_url=llm_url,
+        llm_model=llm_model,
+        precision=precision,
     )
 
 
@@ -796,9 +847,7 @@ def _one_line(text: str) -> str:
     import unicodedata
 
     return "".join(
-        ch.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
-        else ch
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
         for ch in text
     )
 

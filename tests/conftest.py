@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,18 @@ torch.set_num_threads(1)
 
 #: set by .ci/run: there every input a test needs must be present, so a skip is a failure
 IN_CI = os.environ.get("CHANGESCOPE_CI") == "1"
+
+
+def _realdata() -> Path:
+    """The real labelled pairs: $CHANGESCOPE_REALDATA, else ``../shared/realdata`` beside the checkout, else
+    the project machines' shared folder (a clean CI checkout may live elsewhere, e.g. under /tmp)."""
+    given = os.environ.get("CHANGESCOPE_REALDATA")
+    candidates = [Path(given)] if given else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "realdata", Path("/work/shared/realdata")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REALDATA = _realdata()
 
 
 def missing_input(reason: str) -> None:

@@ -30,7 +30,8 @@ from changescope.data.sample import collate, validate_sample
 from changescope.errors import DataError
 
 SPLITS = ("train", "val", "test")
-REALDATA = Path("/work/shared/realdata")
+from conftest import REALDATA  # noqa: E402
+
 KEYS = {"id", "image", "mask", "captions", "changed", "gsd"}
 
 

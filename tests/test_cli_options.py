@@ -84,6 +84,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-resume-no-out", "train --resume", "--out"),
     ("train-resume-empty", "train --resume --out {folder}", "no training run"),
     # evaluate
+    ("evaluate-precision", "evaluate default --data {synth} --precision fp8", "--precision"),
     ("evaluate-model-missing", "evaluate {missing} --data {synth}", "not found"),
     ("evaluate-model-file", "evaluate {file} --data {synth}", "{file}"),
     ("evaluate-data-missing", "evaluate default --data {missing}", "not found"),
@@ -94,6 +95,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("evaluate-out-folder", "evaluate default --data {synth} --out {folder}", "is a folder"),
     ("evaluate-predictions-folder", "evaluate default --data {synth} --predictions {folder}", "is a folder"),
     # describe
+    ("describe-precision", "describe {a} {b} --precision double", "--precision"),
     ("describe-one-missing", "describe {missing}", "not found"),
     ("describe-pair-missing", "describe {a} {missing}", "not found"),
     ("describe-too-many", "describe default {a} {b} {a} {b}", "BEFORE AFTER"),
@@ -105,6 +107,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("describe-out-folder", "describe {synth}/images/test --out {folder}", "is a folder"),
     ("describe-model-missing", "describe {missing} {a} {b}", "not found"),
     # detect
+    ("detect-precision", "detect {a} {b} --out {out} --precision int8", "--precision"),
     ("detect-min-area", "detect {a} {b} --out {out} --min-area -1", "--min-area"),
     ("detect-beam", "detect {a} {b} --out {out} --beam 0", "--beam"),
     ("detect-gsd-zero", "detect {a} {b} --out {out} --gsd 0", "--gsd"),
@@ -116,6 +119,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("detect-out-full", "detect {a} {b} --out {full}", "not empty"),
     ("detect-overwrite-foreign", "detect {a} {b} --out {full} --overwrite", "did not write"),
     # ask
+    ("ask-precision", "ask {a} {b} 'what changed?' --precision bf32", "--precision"),
     ("ask-no-question", "ask {a} {b}", "QUESTION"),
     ("ask-empty-question", "ask {a} {b} ' '", "question"),
     ("ask-min-area", "ask {a} {b} 'what changed?' --min-area -5", "--min-area"),
@@ -123,6 +127,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("ask-out-full", "ask {a} {b} 'what changed?' --out {full}", "not empty"),
     ("ask-out-file", "ask {a} {b} 'what changed?' --out {file}", "a file"),
     # scene
+    ("scene-precision", "scene {a} {b} --out {out} --precision half", "--precision"),
     ("scene-missing", "scene {missing} {b} --out {out}", "not found"),
     ("scene-folder", "scene {folder} {b} --out {out}", "folder"),
     ("scene-tile", "scene {a} {b} --out {out} --tile 8", "--tile"),
@@ -145,6 +150,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("scene-out-file", "scene {a} {b} --out {file}", "a file"),
     ("scene-out-full", "scene {a} {b} --out {full}", "not empty"),
     # serve (every row fails before a socket is bound or a model loaded)
+    ("serve-precision", "serve --precision fp64", "--precision"),
     ("serve-port-zero", "serve --port 0", "--port"),
     ("serve-port-large", "serve --port 70000", "--port"),
     ("serve-port-type", "serve --port http", "--port"),

@@ -96,3 +96,27 @@ def test_bad_model_directories(tmp_path, model_dir):
     Vocabulary.build(["another vocabulary entirely here"], 1).save(wrong / "vocab.json")
     proc = describe(wrong, a, b)
     assert proc.returncode == 1 and "vocab.json" in proc.stderr and "wrong vocabulary" in proc.stderr
+
+
+def test_folder_streams_into_a_part_file_and_resumes(tmp_path, model_dir):
+    import json
+
+    for side in ("A", "B"):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+        for i in range(5):
+            _image(tmp_path / "pairs" / side / f"p{i}.png", (64, 64, 3))
+    out = tmp_path / "captions.jsonl"
+    assert describe(model_dir, tmp_path / "pairs", "--out", out, "--batch-size", "2").returncode == 0
+    full = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in full] == [f"p{i}" for i in range(5)] and not list(tmp_path.glob("*.part"))
+    # an interrupted run: two complete rows (marked, to see they are kept, not redone) and a torn line
+    kept = [{**full[0], "caption": "KEPT"}, {**full[3], "caption": "KEPT"}]
+    partial = tmp_path / "captions.jsonl.part"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "p1", "capt')
+    out.unlink()
+    proc = describe(model_dir, tmp_path / "pairs", "--out", out)
+    assert proc.returncode == 0 and "2 kept from an interrupted run" in proc.stdout
+    resumed = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(resumed) == [f"p{i}" for i in range(5)] and not partial.exists()
+    assert resumed["p0"]["caption"] == resumed["p3"]["caption"] == "KEPT"
+    assert [resumed[f"p{i}"] for i in (1, 2, 4)] == [full[i] for i in (1, 2, 4)]

@@ -43,6 +43,40 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+def as_rgb(image, name: str = "image") -> np.ndarray:
+    """An image file path, a PIL image or an array (``[H, W, 3+]`` uint8, or float in [0, 1]) ->
+    ``[H, W, 3]`` uint8, by the band rule of :func:`read_rgb`; ``name`` words the errors for non-files."""
+    if isinstance(image, (str, Path)):
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        # palette and other colour encodings become RGB; 1-band images are refused below, as from files
+        image = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK", "YCbCr") else image)
+    if not isinstance(image, np.ndarray):
+        raise DataError(
+            name, f"expected a file path, a PIL image or a numpy array, got {type(image).__name__}"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] < 3):
+        bands = 1 if image.ndim == 2 else image.shape[2]
+        raise DataError(name, f"{bands}-band image (shape {image.shape}); expected 3 bands (RGB)")
+    if image.ndim != 3:
+        raise DataError(name, f"array of shape {image.shape}; expected [H, W, 3] (RGB)")
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image[:, :, :3])
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise DataError(name, "a float array must hold values in [0, 1]")
+        return np.ascontiguousarray((image[:, :, :3] * 255 + 0.5).astype(np.uint8))
+    raise DataError(name, f"{image.dtype} array; expected uint8, or float in [0, 1]")
+
+
+def image_name(image) -> str:
+    """How an input is named in results: its path, else its kind and size."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    shape = getattr(image, "shape", None) or (getattr(image, "height", "?"), getattr(image, "width", "?"))
+    return f"<{type(image).__name__} {shape[1]}x{shape[0]}>"
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """Return the stored values of a label image (``[H, W]`` or ``[H, W, C]``), no conversion."""
     img = _open(path)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from changescope.data.imageio import read_rgb
+from changescope.data.imageio import as_rgb
 from changescope.data.text import Vocabulary
 from changescope.errors import DataError
 
@@ -52,17 +52,19 @@ class ChangeProcessor:
         return out.clamp_(0, 1).reshape(*lead, 3, self.image_size, self.image_size)
 
     def load_pair(self, before: str | Path, after: str | Path) -> Tensor:
-        """Read two image files (band rule of ``read_rgb``) -> ``[2, 3, S, S]``."""
+        """Read two images (``read_pair``) -> ``[2, 3, S, S]`` at the model's size."""
         return self.resize(self.read_pair(before, after))
 
     @staticmethod
-    def read_pair(before: str | Path, after: str | Path) -> Tensor:
-        """Two image files at their own size -> ``[2, 3, H, W]`` in [0, 1]; the sizes must agree."""
-        a, b = read_rgb(before), read_rgb(after)
+    def read_pair(before, after) -> Tensor:
+        """Two images (file paths, PIL images or arrays, see ``imageio.as_rgb``) at their own size ->
+        ``[2, 3, H, W]`` in [0, 1]; the sizes must agree."""
+        a, b = as_rgb(before, "before"), as_rgb(after, "after")
         if a.shape != b.shape:
+            other = Path(before).name if isinstance(before, (str, Path)) else "before"
             raise DataError(
-                after,
-                f"image is {b.shape[1]}x{b.shape[0]} but {Path(before).name} is {a.shape[1]}x{a.shape[0]}",
+                after if isinstance(after, (str, Path)) else "after",
+                f"image is {b.shape[1]}x{b.shape[0]} but {other} is {a.shape[1]}x{a.shape[0]}",
             )
         return torch.from_numpy(np.stack([a, b]).transpose(0, 3, 1, 2).copy()).float().div_(255)
 

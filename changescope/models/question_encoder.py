@@ -14,6 +14,7 @@ Two kinds, chosen by ``ModelConfig.question_encoder``:
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from pathlib import Path
@@ -45,34 +46,51 @@ def minilm_path(source: str) -> str:
 class MiniLMEncoder(nn.Module):
     def __init__(self, source: str = MINILM, finetune: bool = False, max_tokens: int = 64):
         super().__init__()
+        self.source, self.finetune, self.max_tokens = source, finetune, max_tokens
+        self._path = minilm_path(source)
+        self._frozen: list[nn.Module] = []
+        self._cache: dict[str, Tensor] = {}
+        config = Path(self._path) / "config.json"
+        if finetune or not config.is_file():
+            self.model = self._load()  # trained weights live in this module's state_dict
+            self.out_dim = int(self.model.config.hidden_size)
+        else:
+            # a frozen encoder is kept out of the module tree (not in state_dict: the package has the
+            # weights) and loaded on the first question, so captioning and masks never import
+            # transformers nor hold MiniLM's 90 MB
+            self.out_dim = int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
+
+    def _load(self) -> nn.Module:
         transformers = require("transformers", "vqa", "the MiniLM question encoder")
-        path = minilm_path(source)
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-            model = transformers.AutoModel.from_pretrained(path)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self._path)
+            model = transformers.AutoModel.from_pretrained(self._path)
         except OSError as err:
-            raise DataError(path, f"cannot load the question encoder ({str(err).splitlines()[0]})") from None
-        self.source, self.finetune, self.max_tokens = source, finetune, max_tokens
-        self.out_dim = int(model.config.hidden_size)
-        if finetune:
-            self.model = model
-        else:
-            # kept out of the module tree: not in state_dict (the package has the weights), not trained
-            model.eval().requires_grad_(False)
-            self._frozen = [model]
-            self._cache: dict[str, Tensor] = {}
+            raise DataError(
+                self._path, f"cannot load the question encoder ({str(err).splitlines()[0]})"
+            ) from None
+        return model
 
     @property
     def _model(self) -> nn.Module:
-        return self.model if self.finetune else self._frozen[0]
+        if self.finetune:
+            return self.model
+        if not self._frozen:
+            model = self._load().eval().requires_grad_(False)
+            if int(model.config.hidden_size) != self.out_dim:
+                raise DataError(
+                    self._path, f"hidden size {model.config.hidden_size}, config.json says {self.out_dim}"
+                )
+            self._frozen.append(model)
+        return self._frozen[0]
 
     def _run(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        model = self._model  # loads the tokenizer too
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(device)
-        model = self._model
         if next(model.parameters()).device != device:
             model.to(device)
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

@@ -15,6 +15,7 @@ def serve(
     max_upload_mb: float = 20,
     llm_url: str | None = None,
     llm_model: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Load ``model`` once and serve the API on ``host:port`` until interrupted (docs at ``/docs``, web
     app at ``/ui``). ``llm_url`` / ``llm_model`` are handed to the chat agent."""
@@ -28,6 +29,7 @@ def serve(
     app = create_app(
         model,
         max_upload_bytes=int(max_upload_mb * 2**20),
+        precision=precision,
         agent_options={"model": str(model), "llm_url": llm_url, "llm_model": llm_model},
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -229,12 +229,15 @@ def create_app(
     agent_factory: Callable[[Path], Any] | None = None,
     web: bool = True,
     agent_options: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> FastAPI:
     """The API around ``model`` (loaded once, here). ``workdir`` holds scene jobs and chat sessions (a
     temporary directory, removed at shutdown, when None). ``agent_factory(session_dir)`` builds a chat
     agent; None uses ``changescope.agent.build_agent`` with ``agent_options``. ``web`` mounts the Gradio
-    app at ``/ui``."""
+    app at ``/ui``. ``precision`` sets the inference autocast of the process's one model."""
     predictor = Predictor(model)
+    if precision is not None:
+        predictor.model.set_precision(precision)
     own_workdir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="changescope-serve-") if own_workdir else workdir)
     root.mkdir(parents=True, exist_ok=True)

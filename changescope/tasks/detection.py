@@ -181,27 +181,39 @@ def detect_pair(
     decoding=None,
     gsd: float | None = None,
 ) -> Detection:
-    """Detect and (if the model captions) describe the changes between two image files.
+    """Detect and (if the model captions) describe the changes between two images (file paths, PIL images
+    or arrays: ``imageio.as_rgb``).
 
     The caption is the decoder's, unless it says "no change" while the mask holds objects; then it is
     written from the mask (``caption_source`` says which, see ``tasks/consistency.py``)."""
+    from changescope.data.imageio import image_name
     from changescope.tasks.consistency import reconcile
     from changescope.tasks.inference import Decoding, caption_pairs
 
     model.require("mask")
     pair = processor.read_pair(before, after)
+    decoding = decoding or Decoding()
+    fits = max(pair.shape[-2:]) <= processor.image_size and working_scale(model, gsd) == 1
     with torch.inference_mode():
-        mask = remove_small_objects(predict_mask(model, processor, pair, gsd), min_area)
-        caption = (
-            caption_pairs(model, processor, pair[None], decoding or Decoding())[0]
-            if model.decoder is not None
-            else None
-        )
+        if fits:  # the common case: one forward pass gives the mask and the caption's change tokens
+            out = model(processor.resize(pair)[None])
+            logits = processor.resize_logits(out.mask_logits, tuple(pair.shape[-2:]))
+            mask = remove_small_objects(logits.argmax(1)[0].to(torch.uint8).numpy(), min_area)
+            caption = (
+                processor.decode(model.generate_from(out.memory, **decoding.kwargs()))[0]
+                if model.decoder is not None
+                else None
+            )
+        else:  # tiles at the pair's own resolution for the mask; the whole pair, resized, for the caption
+            mask = remove_small_objects(predict_mask(model, processor, pair, gsd), min_area)
+            caption = None
+            if model.decoder is not None:
+                caption = caption_pairs(model, processor, pair[None], decoding)[0]
     summary = summarize_mask(mask, list(model.config.classes))
     text = reconcile(caption, summary)
     result = {
-        "before": str(before),
-        "after": str(after),
+        "before": image_name(before),
+        "after": image_name(after),
         "caption": text.caption,
         "caption_source": text.source,
         "model_caption": caption,

@@ -7,6 +7,7 @@ or the word ``default``: the model shipped inside the package (trained on SynthC
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from changescope.data.imageio import IMAGE_SUFFIXES, image_size
+from changescope.data.imageio import IMAGE_SUFFIXES, image_name, image_size
 from changescope.errors import DataError
 from changescope.fileio import atomic_path
 from changescope.models.change_model import ChangeModel
@@ -23,6 +24,8 @@ from changescope.models.hub import CONFIG_NAME, from_pretrained
 from changescope.models.processor import ChangeProcessor
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "default"
+#: inference precision when none is asked for (measured in benchmarks/RESULTS.md, "Precision")
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass
@@ -46,9 +49,12 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def load(spec: str | Path) -> tuple[ChangeModel, ChangeProcessor, Path]:
+def load(spec: str | Path, precision: str | None = None) -> tuple[ChangeModel, ChangeProcessor, Path]:
+    """``(model, processor, path)`` for a model directory, run directory or 'default'; ``precision``
+    ('fp32', 'bf16', 'fp16'; None: ``DEFAULT_PRECISION``) is the inference autocast (``set_precision``)."""
     path = resolve_model(spec)
     model, processor = from_pretrained(path)
+    model.set_precision(precision or DEFAULT_PRECISION)
     return model, processor, path
 
 
@@ -121,7 +127,7 @@ def iter_predictions(
         out = model(torch.stack([processor.resize(s["image"]) for s in samples]), masks=masks)
         texts: list[str | None] = [None] * len(samples)
         if captions:
-            texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
+            texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
         for i, sample in enumerate(samples):
             mask = None
             if masks and large[i]:
@@ -169,6 +175,7 @@ def evaluate(
     decoding: Decoding | None = None,
     meteor: bool | None = None,
     predictions_out: str | Path | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
     gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type) and ``grounding`` (mIoU, cIoU)."""
@@ -177,7 +184,7 @@ def evaluate(
     from changescope.tasks.vqa import score_queries
 
     decoding = decoding or Decoding()
-    model, processor, path = load(spec)
+    model, processor, path = load(spec, precision)
     dataset, records = open_pairs(data, split, format)
     records = [r for r in records if r.task in model.tasks]
     from changescope.data.sample import BINARY_CLASSES
@@ -220,6 +227,7 @@ def evaluate(
             "preset": model.config.preset,
             "tasks": list(model.tasks),
             "decoding": {**asdict(decoding), "max_len": processor.max_len},
+            "precision": model.precision,
             "vocab_sha256": processor.vocab.sha256 if processor.vocab is not None else None,
             "seed": json.loads(training.read_text())["seed"] if training.is_file() else None,
             "data": str(data),
@@ -268,8 +276,16 @@ def check_pair_files(pairs: list[tuple[str, Path, Path]]) -> None:
             )
 
 
-def describe_files(model, processor, pairs: list[tuple[str, Path, Path]], decoding: Decoding) -> list[dict]:
-    """Caption image files; every pair is read and checked before any is captioned (no partial output).
+def describe_files(model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding) -> list[dict]:
+    """Caption pairs of images (paths, PIL images or arrays); the rows of :func:`iter_descriptions`."""
+    return list(iter_descriptions(model, processor, pairs, decoding))
+
+
+def iter_descriptions(
+    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding
+) -> Iterator[dict]:
+    """One row per pair, ``decoding.batch_size`` pairs decoded and captioned at a time, so memory stays
+    flat in the number of pairs (callers check the files first: ``check_pair_files``).
 
     With a mask head, a caption that says "no change" while the model's own mask (at the model's size)
     holds changed objects is replaced by a sentence written from the mask (``caption_source: "mask"``,
@@ -278,21 +294,63 @@ def describe_files(model, processor, pairs: list[tuple[str, Path, Path]], decodi
     from changescope.tasks.detection import MIN_AREA, remove_small_objects, summarize_mask
 
     model.require("caption")
-    tensors = [processor.load_pair(a, b) for _, a, b in pairs]
     masks = "mask" in model.tasks
-    rows = []
     with torch.inference_mode():
-        for chunk in _batches(list(range(len(pairs))), decoding.batch_size):
-            images = torch.stack([tensors[i] for i in chunk])
+        for chunk in _batches(pairs, decoding.batch_size):
+            images = torch.stack([processor.load_pair(a, b) for _, a, b in chunk])
             out = model(images, masks=masks)
-            texts = processor.decode(model.decoder.generate(out.memory, **decoding.kwargs()))
-            for k, (i, text) in enumerate(zip(chunk, texts, strict=True)):
-                pair_id, a, b = pairs[i]
-                row = {"id": pair_id, "before": str(a), "after": str(b), "caption": text}
+            texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
+            for k, ((pair_id, a, b), text) in enumerate(zip(chunk, texts, strict=True)):
+                row = {"id": pair_id, "before": image_name(a), "after": image_name(b), "caption": text}
                 if masks:
                     mask = out.mask_logits[k].argmax(0).to(torch.uint8).numpy()
                     summary = summarize_mask(remove_small_objects(mask, MIN_AREA), list(model.config.classes))
                     fixed = reconcile(text, summary)
                     row.update(caption=fixed.caption, caption_source=fixed.source, model_caption=text)
-                rows.append(row)
-    return rows
+                yield row
+
+
+def done_ids(partial: Path) -> set[str]:
+    """The ids of the complete rows of an interrupted JSONL (a torn last line is not complete)."""
+    ids: set[str] = set()
+    if not partial.is_file():
+        return ids
+    for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            ids.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break
+    return ids
+
+
+def write_jsonl_resumable(path: str | Path, rows_for, pairs: list[tuple[str, Any, Any]]) -> tuple[int, int]:
+    """Stream ``rows_for(pending_pairs)`` into ``PATH.part`` row by row, renamed to ``PATH`` at the end.
+
+    A run that stops (Ctrl-C, a crash) leaves ``PATH.part``; the next run with the same ``PATH`` keeps its
+    complete rows and captions only the pairs not in it. Returns ``(rows written now, rows kept)``."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    kept = done_ids(partial)
+    pending = [p for p in pairs if p[0] not in kept]
+    lines = []
+    if kept:  # rewrite the kept rows: drops a torn last line and rows of pairs no longer asked for
+        wanted = {p[0] for p in pairs}
+        for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            if str(json.loads(line)["id"]) in wanted:
+                lines.append(line)
+        kept = {str(json.loads(line)["id"]) for line in lines}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with partial.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+        fh.flush()
+        for row in rows_for(pending):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            written += 1
+    os.replace(partial, path)
+    return written, len(kept)

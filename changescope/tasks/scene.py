@@ -54,6 +54,8 @@ class SceneOptions:
     #: beam size of the captions
     beam: int = 1
     device: str = "cpu"
+    #: inference autocast: "fp32", "bf16" or "fp16" (None: the default, tasks.inference.DEFAULT_PRECISION)
+    precision: str | None = None
     #: metres per pixel of the scenes (None: from A's georeference); far from the model's GSD, tiles are
     #: read larger or smaller so the model sees its own GSD
     gsd: float | None = None
@@ -169,7 +171,7 @@ def run_scene(
         aligned_pair(a, b, options.bands, bands_b=options.bands_b, stretch=options.stretch) as pair,
         output_dir(out, overwrite) as tmp,
     ):
-        model, processor, model_path = model if isinstance(model, tuple) else load(model)
+        model, processor, model_path = model if isinstance(model, tuple) else load(model, options.precision)
         model.require("mask")
         resolution = _resolution(model, pair, options)
         device = torch.device(options.device)

@@ -71,7 +71,7 @@ def _closed(model, query) -> list[tuple[str, str | None, float]]:
 
 def _free_form(model, processor, memory, query, beam_size: int = 1) -> list[str]:
     ff_memory, ff_mask = model.free_form_memory(memory, query)
-    return processor.decode(model.decoder.generate(ff_memory, beam_size=beam_size, memory_mask=ff_mask))
+    return processor.decode(model.generate_from(ff_memory, beam_size=beam_size, memory_mask=ff_mask))
 
 
 def _number(text: str) -> int | None:

@@ -1,0 +1,98 @@
+"""The Python API (``changescope.load``): the CLI's results from paths, PIL images and arrays, batched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import changescope
+from changescope.errors import ChangescopeError, DataError
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return changescope.load("default")
+
+
+@pytest.fixture(scope="module")
+def pair(synth):
+    folder = synth / "images" / "test"
+    a = sorted((folder / "A").iterdir())[0]
+    return a, folder / "B" / a.name
+
+
+def test_import_changescope_is_light():
+    code = "import sys, changescope; print('torch' in sys.modules, changescope.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "False"
+
+
+def test_paths_pil_and_arrays_give_the_same_results(pipe, pair):
+    a, b = pair
+    caption = pipe.describe(a, b)
+    assert isinstance(caption, str) and caption
+    pil_a, arr_b = Image.open(a), np.asarray(Image.open(b).convert("RGB"))
+    assert pipe.describe(pil_a, arr_b) == caption
+    assert pipe.describe(np.asarray(pil_a.convert("RGB")) / 255.0, arr_b) == caption  # float in [0, 1]
+    assert pipe.describe([a, pil_a], [b, arr_b], batch_size=1) == [caption, caption]
+    found, again = pipe.detect(a, b), pipe.detect(pil_a, arr_b)
+    np.testing.assert_array_equal(found.mask, again.mask)
+    assert found.result["before"] == str(a) and again.result["before"] == "<PngImageFile 64x64>"
+    assert found.result["caption"] == caption
+    answer = pipe.ask(a, b, "is there any change?")
+    assert answer.result["answer"] in ("yes", "no")
+
+
+def test_bad_inputs_are_one_line_errors(pipe, pair):
+    a, b = pair
+    with pytest.raises(DataError, match=r"after: 1-band image \(shape \(64, 64\)\)"):
+        pipe.describe(a, np.zeros((64, 64), np.uint8))
+    with pytest.raises(DataError, match="values in \\[0, 1\\]"):
+        pipe.describe(a, np.full((64, 64, 3), 2.0))
+    with pytest.raises(DataError, match="got list"):
+        pipe.detect(a, [[1, 2, 3]])
+    with pytest.raises(DataError, match="1-band"):
+        pipe.describe(a, Image.new("L", (64, 64)))
+    with pytest.raises(ChangescopeError, match="2 before images but 1 after"):
+        pipe.describe([a, a], [b])
+    with pytest.raises(DataError, match="image is 32x32 but"):
+        pipe.describe(a, np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ChangescopeError, match="--precision must be one of"):
+        changescope.load("default", precision="fp8")
+
+
+def test_bf16_matches_fp32_on_the_change_map(pipe, synth):
+    """bf16 autocast (this CPU's AMX units) gives the same masks but for a few pixels per pair."""
+    fast = changescope.load("default", precision="bf16")
+    assert fast.precision == "bf16" and pipe.precision == "fp32"
+    folder = synth / "images" / "test"
+    agree = []
+    for a in sorted((folder / "A").iterdir())[:4]:
+        b = folder / "B" / a.name
+        agree.append((pipe.detect(a, b).mask == fast.detect(a, b).mask).mean())
+        assert isinstance(fast.describe(a, b), str)
+    assert min(agree) > 0.98, agree
+
+
+def test_detect_runs_the_backbone_once_and_matches_mask_then_caption(pipe, pair):
+    from changescope.tasks.detection import predict_mask, remove_small_objects
+    from changescope.tasks.inference import Decoding, caption_pairs
+
+    calls = []
+    hook = pipe.model.backbone.body.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        found = pipe.detect(*pair)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # before and after go through the backbone as one batch
+    tensors = pipe.processor.read_pair(*pair)
+    with torch.inference_mode():
+        mask = remove_small_objects(predict_mask(pipe.model, pipe.processor, tensors), 10)
+        caption = caption_pairs(pipe.model, pipe.processor, tensors[None], Decoding())[0]
+    np.testing.assert_array_equal(found.mask, mask)
+    assert found.result["model_caption"] == caption
