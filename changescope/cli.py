@@ -611,11 +611,11 @@ def scene(
     from changescope.errors import require_all
 
     require_all(("rasterio", "shapely", "pyproj", "pyogrio"), "geo", "changescope scene")
-    from changescope.tasks.scene import SceneOptions, run_scene
+    from changescope.tasks.scene import SceneOptions, parse_bands, run_scene
 
     options = SceneOptions(
-        bands=_parse_bands(bands, "--bands"),
-        bands_b=_parse_bands(bands_b, "--bands-b"),
+        bands=parse_bands(bands, "--bands"),
+        bands_b=parse_bands(bands_b, "--bands-b"),
         stretch=stretch,
         tile=tile,
         overlap=overlap,
@@ -740,20 +740,6 @@ def chat(
         max_steps=max_steps,
         session_dir=out,
     )
-
-
-def _parse_bands(text: str | None, option: str) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{option} takes comma-separated band numbers, e.g. 3,2,1") from None
-    if len(bands) != 3:
-        raise typer.BadParameter(f"{option} takes exactly 3 band numbers (R,G,B)")
-    if min(bands) < 1:
-        raise typer.BadParameter(f"{option}: band numbers start at 1")
-    return bands  # type: ignore[return-value]
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:

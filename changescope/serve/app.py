@@ -198,18 +198,6 @@ def _save_upload(upload: UploadFile, name: str, folder: Path, limit: int) -> Pat
     return path
 
 
-def _parse_bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise ChangescopeError(f"bands: '{text}' is not comma-separated band numbers, e.g. 3,2,1") from None
-    if len(bands) != 3 or min(bands) < 1:
-        raise ChangescopeError("bands: give exactly 3 band numbers (R,G,B), each >= 1")
-    return bands
-
-
 def _docs_page() -> str:
     # the stock FastAPI page loads Swagger UI from a CDN; these assets ship in changescope/serve/static
     return """<!doctype html>
@@ -352,11 +340,11 @@ def create_app(
     ) -> dict[str, Any]:
         """Queue a scene run; poll ``status_url`` until ``done``, then fetch the files its summary lists.
         A full queue is 429 (``Retry-After`` says when to try again)."""
-        from changescope.tasks.scene import SceneOptions
+        from changescope.tasks.scene import SceneOptions, parse_bands
 
         options = SceneOptions(
-            bands=_parse_bands(bands),
-            bands_b=_parse_bands(bands_b),
+            bands=parse_bands(bands, "bands"),
+            bands_b=parse_bands(bands_b, "bands_b"),
             stretch=stretch,
             tile=tile,
             overlap=min(32, tile // 2 - 1),

@@ -72,6 +72,19 @@ class SceneOptions:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
 
 
+def parse_bands(text: str | None, option: str = "--bands") -> tuple[int, int, int] | None:
+    """'3,2,1' -> (3, 2, 1): three 1-based band numbers (None or blank: None); for the CLI and the API."""
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ChangescopeError(f"{option}: '{text}' is not comma-separated band numbers (3,2,1)") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise ChangescopeError(f"{option}: give exactly 3 band numbers (R,G,B), each >= 1, not '{text}'")
+    return bands  # type: ignore[return-value]
+
+
 def _predictor(model, processor, device: torch.device):
     """Tiles ``[N, 2, 3, t, t]`` -> class probabilities ``[N, K, t, t]`` (resized to and from the model)."""
 
