@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from changescope.errors import ChangescopeError
+from changescope.tasks.detection import MIN_AREA
 
 
 class ChangePipeline:
@@ -62,7 +63,7 @@ class ChangePipeline:
         captions = [row["caption"] for row in rows]
         return captions[0] if single else captions
 
-    def detect(self, before, after, *, min_area: int = 10, gsd: float | None = None, beam: int = 1):
+    def detect(self, before, after, *, min_area: int = MIN_AREA, gsd: float | None = None, beam: int = 1):
         """Where it changed: a ``Detection`` with ``mask`` (class ids ``[H, W]`` at the input's size, objects
         under ``min_area`` pixels removed) and ``result`` (per class pixels, percent, objects with boxes as
         normalised xyxy, and the caption). ``gsd``: metres per pixel, resampled when far from the model's."""
@@ -73,7 +74,7 @@ class ChangePipeline:
             raise ChangescopeError("min_area must be >= 0")
         return detect_pair(self.model, self.processor, before, after, min_area, Decoding(beam_size=beam), gsd)
 
-    def ask(self, before, after, question: str, *, min_area: int = 10):
+    def ask(self, before, after, question: str, *, min_area: int = MIN_AREA):
         """An ``Answer``: ``result["answer"]`` (closed answers from the VQA head, free-form from the caption
         decoder) and, with a grounding head, ``mask`` (bool ``[H, W]``: where the asked-for change is)."""
         from changescope.tasks.vqa import ask_pair

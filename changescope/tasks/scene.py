@@ -25,6 +25,7 @@ import torch
 
 from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic, write_text_atomic
+from changescope.tasks.detection import MIN_AREA
 
 #: GDAL block cache for a scene run, in MB: enough for a few rows of 256 x 256 blocks of A, B and the output
 GDAL_CACHE_MB = 64
@@ -46,7 +47,7 @@ class SceneOptions:
     #: "geojson" or "gpkg"
     vector_format: str = "geojson"
     #: polygons under this many pixels are not reported (they stay in changes.tif)
-    min_area: int = 10
+    min_area: int = MIN_AREA
     #: the largest regions get a caption each (0: none)
     max_captions: int = 50
     #: caption window = the region's box grown by this factor, at least one tile, square
