@@ -38,6 +38,18 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _refresh_package_index() -> bool:
+    """``apt-get update`` as root, or through ``sudo -n``; False when neither is possible or it fails."""
+    import os
+
+    command = ["apt-get", "update", "-q"]
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            return False
+        command = ["sudo", "-n", *command]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
 def fetch_deb_member(package: str, member: str, target: Path) -> None:
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
@@ -45,6 +57,8 @@ def fetch_deb_member(package: str, member: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="changescope-inputs-") as tmp:
         folder = Path(tmp)
         run = subprocess.run(["apt-get", "download", package], cwd=folder, capture_output=True, text=True)
+        if run.returncode != 0 and _refresh_package_index():  # a fresh machine may hold no index yet
+            run = subprocess.run(["apt-get", "download", package], cwd=folder, capture_output=True, text=True)
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"apt-get download {package} failed: {last}")
