@@ -310,19 +310,19 @@ def iter_descriptions(
                 yield row
 
 
-def done_ids(partial: Path) -> set[str]:
-    """The ids of the complete rows of an interrupted JSONL (a torn last line is not complete)."""
-    ids: set[str] = set()
+def complete_rows(partial: Path) -> dict[str, str]:
+    """id -> line of the complete rows of an interrupted JSONL, up to the first torn or unreadable line."""
+    rows: dict[str, str] = {}
     if not partial.is_file():
-        return ids
+        return rows
     for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
         if not line.endswith("\n"):
             break
         try:
-            ids.add(str(json.loads(line)["id"]))
+            rows[str(json.loads(line)["id"])] = line
         except (json.JSONDecodeError, KeyError, TypeError):
             break
-    return ids
+    return rows
 
 
 def write_jsonl_resumable(path: str | Path, rows_for, pairs: list[tuple[str, Any, Any]]) -> tuple[int, int]:
@@ -332,21 +332,14 @@ def write_jsonl_resumable(path: str | Path, rows_for, pairs: list[tuple[str, Any
     complete rows and captions only the pairs not in it. Returns ``(rows written now, rows kept)``."""
     path = Path(path)
     partial = path.with_name(path.name + ".part")
-    kept = done_ids(partial)
+    # kept: complete rows of pairs still asked for (a torn last line and other pairs' rows are dropped)
+    wanted = {p[0] for p in pairs}
+    kept = {i: line for i, line in complete_rows(partial).items() if i in wanted}
     pending = [p for p in pairs if p[0] not in kept]
-    lines = []
-    if kept:  # rewrite the kept rows: drops a torn last line and rows of pairs no longer asked for
-        wanted = {p[0] for p in pairs}
-        for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break
-            if str(json.loads(line)["id"]) in wanted:
-                lines.append(line)
-        kept = {str(json.loads(line)["id"]) for line in lines}
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with partial.open("w", encoding="utf-8") as fh:
-        fh.writelines(lines)
+        fh.writelines(kept.values())
         fh.flush()
         for row in rows_for(pending):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
