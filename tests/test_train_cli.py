@@ -151,3 +151,72 @@ def test_ddp_training_on_two_cpu_processes(tmp_path, synth, config):
     steps_per_epoch = math.ceil(per_rank / 16)
     assert [r["step"] for r in rows] == [steps_per_epoch, 2 * steps_per_epoch]
     assert "val/CIDEr-D" in rows[-1] and "val/mIoU_no_bg" in rows[-1]
+
+
+def test_every_train_option_is_a_flag_with_its_help():
+    """The `train` command's flags are made from TrainOptions: each field (but the YAML-only ones) is one,
+    with its help and its default."""
+    from dataclasses import fields
+
+    from changescope.tasks.train_options import TrainOptions, cli_flag
+
+    proc = cli("train", "--help", env={**os.environ, "COLUMNS": "200"})
+    text = " ".join(proc.stdout.replace("│", " ").split())  # rich's box and line breaks, undone
+    shown = 0
+    for f in fields(TrainOptions):
+        flag, help = cli_flag(f), " ".join(f.metadata["help"].split())
+        if not f.metadata["cli"]:
+            assert flag not in text and "YAML only" in help, f.name
+            continue
+        assert f" {flag} " in text, flag
+        if f.type.startswith("bool"):
+            assert f" --no-{flag[2:]} " in text, flag
+        assert help in text, flag
+        if f.default not in (None, ""):
+            value = f.default
+            if isinstance(value, bool):  # shown as the switch: [default: (augment)] or (no-augment)
+                value = flag[2:] if value else f"no-{flag[2:]}"
+            assert f"{help} [default: ({value})]" in text, flag
+            shown += 1
+    assert shown >= 20 and " --config " in text and " --resume " in text
+
+
+def test_train_flags_win_over_the_yaml_and_the_yaml_fills_the_rest(tmp_path, synth, monkeypatch, capsys):
+    from dataclasses import asdict
+
+    import changescope.tasks.training as training
+    from changescope.cli import main
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda options, resume=False: seen.append((options, resume)))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "epochs: 3\nbatch-size: 4\ngsd: [1.0]\naugment: false\ndice_weight: 2.0\n"
+        "overrides: {encoder_kwargs: {d_model: 32}}\n"
+    )
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--data", str(synth), "--out", str(out)]
+    assert main([*argv, "--epochs", "7", "--gsd", "0.5,10", "--augment", "--weight-decay", "0"]) == 0
+    options, resume = seen.pop()
+    flagged = {"epochs": 7, "gsd": ["0.5", "10"], "augment": True, "weight_decay": 0.0, "data": str(synth)}
+    from_yaml = {"batch_size": 4, "dice_weight": 2.0, "overrides": {"encoder_kwargs": {"d_model": 32}}}
+    defaults = {"lr": 2e-4, "questions_per_pair": 3, "cache_features": True, "preset": "lite"}
+    expected = {**flagged, **from_yaml, **defaults}
+    assert not resume and {k: v for k, v in asdict(options).items() if k in expected} == expected
+    assert main(argv) == 0  # no flags: the YAML's values
+    options, _ = seen.pop()
+    expected = {"epochs": 3, "gsd": [1.0], "augment": False, "weight_decay": 0.01, "batch_size": 4}
+    assert {k: v for k, v in asdict(options).items() if k in expected} == expected
+    capsys.readouterr()
+
+    # the same through the real validation (no run starts): a flag hides a bad YAML value, and a bad YAML
+    # value that no flag replaces is refused
+    monkeypatch.undo()
+    config.write_text("preset: nope\naugment: 'yes'\nepochs: 0\n")
+    assert main([*argv, "--preset", "lite", "--no-augment"]) == 1
+    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*argv, "--preset", "lite"]) == 1
+    assert "--augment takes true or false, got 'yes'" in capsys.readouterr().err
+    assert main([*argv, "--no-augment"]) == 1
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert not out.exists()
