@@ -1,4 +1,4 @@
-"""Raster geometry for the generator: local grids, shapes, shadow sweeps, connected components.
+"""Raster geometry for the generator: local grids, shapes, shadow sweeps, component boxes.
 
 Every shape is evaluated on a small local window around the object, never on the whole image, which is
 what keeps a scene with dozens of objects cheap to draw.
@@ -7,6 +7,8 @@ what keeps a scene with dozens of objects cheap to draw.
 from __future__ import annotations
 
 import numpy as np
+
+from changescope import postprocess
 
 #: 3 x 3 grid cell (row, col) -> position phrases; row 0 always says "top"/"upper", row 2
 #: "bottom"/"lower", column 0 "left", column 2 "right", and the middle row / column say neither
@@ -104,59 +106,9 @@ def polyline_distance(points: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.nd
 
 
 def component_boxes(mask: np.ndarray) -> list[list[float]]:
-    """Boxes of the 8-connected components of a binary mask, xyxy normalised to [0, 1] by pixel edges.
-
-    Run-length labelling: the runs of each row are found with numpy; runs of adjacent rows that touch
-    are merged with a small union-find over plain Python lists, so the Python work grows with the
-    number of runs, not pixels. Boxes are sorted by (y0, x0).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
-    padded = np.zeros((h, w + 2), np.int8)
-    padded[:, 1:-1] = mask
-    edges = np.diff(padded, axis=1)
-    rows_np, starts_np = np.nonzero(edges == 1)
-    if len(starts_np) == 0:
-        return []
-    ends = np.nonzero(edges == -1)[1].tolist()  # exclusive ends, same row-major order as the starts
-    rows, starts = rows_np.tolist(), starts_np.tolist()
-    parent = list(range(len(starts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first = np.searchsorted(rows_np, np.arange(h + 1)).tolist()
-    for row in range(1, h):
-        lo, mid, hi = first[row - 1], first[row], first[row + 1]
-        if lo == mid or mid == hi:
-            continue
-        j = lo
-        for i in range(mid, hi):
-            # 8-connectivity: runs touch if they overlap after widening by one pixel; both rows are
-            # sorted, so a single forward sweep over the previous row finds every touching pair
-            while j < mid and ends[j] < starts[i]:
-                j += 1
-            k = j
-            while k < mid and starts[k] <= ends[i]:
-                ri, rk = find(i), find(k)
-                if ri != rk:
-                    parent[ri] = rk
-                k += 1
-    boxes: dict[int, list[int]] = {}
-    for i in range(len(starts)):
-        root = find(i)
-        box = boxes.get(root)
-        if box is None:
-            boxes[root] = [starts[i], rows[i], ends[i], rows[i] + 1]
-        else:
-            box[0] = min(box[0], starts[i])
-            box[2] = max(box[2], ends[i])
-            box[3] = max(box[3], rows[i] + 1)
-    out = [[x0 / w, y0 / h, x1 / w, y1 / h] for x0, y0, x1, y1 in boxes.values()]
-    return sorted(out, key=lambda b: (b[1], b[0]))
+    """Boxes of the 8-connected components of a binary mask, xyxy normalised to [0, 1] by pixel edges,
+    sorted by (y0, x0): ``postprocess.component_boxes`` (the same objects inference counts)."""
+    return [list(box) for box in postprocess.component_boxes(mask, order="top_left")]
 
 
 def point_gap(a: np.ndarray, b: np.ndarray, limit: int = 256) -> float:
