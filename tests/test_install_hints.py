@@ -36,7 +36,8 @@ CASES = [
     ("chat-gguf", "gguf", "chat", "pip install 'changescope[agent]'"),
     ("chat-transformers", "transformers", "chat", "pip install 'changescope[agent]'"),
     ("chat-httpx", "httpx", "chat --llm-url http://127.0.0.1:9", "pip install 'changescope[agent]'"),
-    ("describe-timm", "timm", "describe {a} {b}", "pip install changescope"),
+    # the default's EfficientNet-Lite0 is native (no timm); a model with a timm backbone still needs timm
+    ("describe-timm", "timm", "describe {resnet} {a} {b}", "pip install changescope"),
 ]
 
 
@@ -44,6 +45,8 @@ CASES = [
 def test_missing_package_hint_is_the_fix(hidden, command, fix, tmp_path):
     a, b = _pair(tmp_path)
     values = {"a": a, "b": b, "out": tmp_path / "out", "folder": tmp_path}
+    if "{resnet}" in command:
+        values["resnet"] = _resnet_model(tmp_path / "resnet")
     argv = [part.format(**values) for part in command.split()]
     proc = subprocess.run(
         [sys.executable, "-c", HIDE, hidden, *argv], capture_output=True, text=True, timeout=300
@@ -65,3 +68,25 @@ def _pair(folder):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / name)
         paths.append(folder / name)
     return paths
+
+
+def _resnet_model(path):
+    """A tiny saved captioner whose backbone is timm's ResNet-18 (random weights)."""
+    from changescope.data.text import Vocabulary
+    from changescope.models.change_model import ChangeModel
+    from changescope.models.hub import save_pretrained
+    from changescope.models.presets import build_config
+    from changescope.models.processor import ChangeProcessor
+
+    vocab = Vocabulary.build(["a new road is built", "there is no difference"], 1)
+    config = build_config(
+        "chg2cap",
+        len(vocab),
+        backbone="resnet18",
+        backbone_pretrained=False,
+        image_size=64,
+        encoder_kwargs={"d_model": 32, "num_layers": 1, "num_heads": 4},
+        decoder_kwargs={"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64, "max_len": 12},
+    )
+    save_pretrained(ChangeModel(config).eval(), ChangeProcessor(vocab, 64, 12), path)
+    return path

