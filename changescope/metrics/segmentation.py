@@ -52,6 +52,12 @@ class ConfusionMatrix:
     def reset(self) -> None:
         self.matrix.zero_()
 
+    def merge(self, other: ConfusionMatrix) -> None:
+        """Add another matrix of the same classes (a shard of the same split)."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.matrix += other.matrix
+
     def update(self, pred: Any, target: Any) -> None:
         pred_t = _as_tensor(pred, "pred")
         target_t = _as_tensor(target, "target").to(pred_t.device)
