@@ -14,7 +14,8 @@ import argparse
 from changescope.data.readers import open_dataset
 from changescope.metrics.score import score_dataset
 from changescope.models.baselines import most_common_caption, nearest_pair_captions
-from changescope.tasks.inference import Decoding, evaluate
+from changescope.tasks.evaluation import evaluate
+from changescope.tasks.inference import Decoding
 
 COLUMNS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S*m", "no_change_accuracy", "change_accuracy")
 

@@ -18,7 +18,8 @@ import torch
 from changescope.data.readers import open_dataset
 from changescope.metrics.segmentation import ConfusionMatrix
 from changescope.models.baselines import DifferenceBaseline
-from changescope.tasks.inference import Decoding, evaluate
+from changescope.tasks.evaluation import evaluate
+from changescope.tasks.inference import Decoding
 
 
 def binary_scores(confusion: list[list[int]]) -> dict[str, float]:

@@ -41,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from changescope.tasks.inference import Decoding, evaluate
+    from changescope.tasks.evaluation import evaluate
+    from changescope.tasks.inference import Decoding
 
     rows = {}
     for precision in args.precisions.split(","):

@@ -30,8 +30,9 @@ from changescope.data.readers import open_dataset
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX
 from changescope.metrics.segmentation import ConfusionMatrix
 from changescope.models.baselines import DifferenceBaseline
+from changescope.postprocess import remove_small_objects, summarize_mask
 from changescope.tasks.data import binary_target
-from changescope.tasks.detection import mask_probabilities, remove_small_objects, summarize_mask
+from changescope.tasks.detection import mask_probabilities
 
 #: (name, folder under realdata, format, split, resolution group); none of these splits is trained on
 REAL_SETS = [

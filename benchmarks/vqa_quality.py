@@ -15,9 +15,9 @@ from changescope.metrics.grounding import grounding_scores
 from changescope.metrics.table import grounding_line, vqa_table
 from changescope.metrics.vqa import vqa_scores
 from changescope.models.baselines import QuestionPrior
-from changescope.tasks.inference import Decoding, evaluate
-from changescope.tasks.queries import load_records
-from changescope.tasks.vqa import _read_target
+from changescope.tasks.evaluation import evaluate
+from changescope.tasks.inference import Decoding
+from changescope.tasks.queries import load_records, read_target
 
 
 def baseline_scores(train, test) -> tuple[dict | None, dict | None]:
@@ -33,7 +33,7 @@ def baseline_scores(train, test) -> tuple[dict | None, dict | None]:
         if vqa
         else None
     )
-    targets = [_read_target(r.mask) for r in grounding]
+    targets = [read_target(r.mask) for r in grounding]
     empty = grounding_scores([t & False for t in targets], targets) if targets else None
     return vqa_result, empty
 
@@ -57,7 +57,7 @@ def main() -> None:
     if "grounding" in result:
         print("\nmodel " + grounding_line(result["grounding"]))
         print("empty-mask baseline " + grounding_line(empty))
-        negatives = sum(not t.any() for t in (_read_target(r.mask) for r in test if r.task == "grounding"))
+        negatives = sum(not t.any() for t in (read_target(r.mask) for r in test if r.task == "grounding"))
         print(f"({negatives} of {empty['n']} queries ask for a change that did not happen)")
 
 

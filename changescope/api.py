@@ -6,6 +6,7 @@
     pipe.describe("before.png", "after.png")            # -> "a new building is constructed at the bottom"
     pipe.describe(["a1.png", "a2.png"], ["b1.png", "b2.png"])   # batched -> a list of captions
     found = pipe.detect("before.png", "after.png")      # found.mask: class ids [H, W]; found.result: counts
+    pipe.detect(["a1.png", "a2.png"], ["b1.png", "b2.png"])     # batched -> a list of detections
     reply = pipe.ask("before.png", "after.png", "how many buildings were built?")
     pipe.scene("a.tif", "b.tif", "out/")                # the `changescope scene` pipeline; its summary
 
@@ -21,7 +22,17 @@ from pathlib import Path
 import torch
 
 from changescope.errors import ChangescopeError
-from changescope.tasks.detection import MIN_AREA
+from changescope.postprocess import MIN_AREA
+
+
+def _pairs(before, after) -> tuple[bool, list[tuple[str, object, object]]]:
+    """``(single, pairs)``: one pair of images, or two lists (or tuples) of them, as ``(id, before, after)``
+    with the position as id."""
+    single = not isinstance(before, (list, tuple))
+    befores, afters = ([before], [after]) if single else (list(before), list(after))
+    if len(befores) != len(afters):
+        raise ChangescopeError(f"{len(befores)} before images but {len(afters)} after images")
+    return single, [(str(i), a, b) for i, (a, b) in enumerate(zip(befores, afters, strict=True))]
 
 
 class ChangePipeline:
@@ -53,33 +64,51 @@ class ChangePipeline:
         mask contradicts is replaced by one written from the mask, as ``changescope describe`` does."""
         from changescope.tasks.inference import Decoding, describe_files
 
-        single = not isinstance(before, (list, tuple))
-        befores, afters = ([before], [after]) if single else (list(before), list(after))
-        if len(befores) != len(afters):
-            raise ChangescopeError(f"{len(befores)} before images but {len(afters)} after images")
+        single, pairs = _pairs(before, after)
         decoding = Decoding(beam_size=beam, batch_size=batch_size)
-        pairs = [(str(i), a, b) for i, (a, b) in enumerate(zip(befores, afters, strict=True))]
         rows = describe_files(self.model, self.processor, pairs, decoding)
         captions = [row["caption"] for row in rows]
         return captions[0] if single else captions
 
-    def detect(self, before, after, *, min_area: int = MIN_AREA, gsd: float | None = None, beam: int = 1):
+    def detect(
+        self,
+        before,
+        after,
+        *,
+        min_area: int = MIN_AREA,
+        gsd: float | None = None,
+        beam: int = 1,
+        batch_size: int = 32,
+    ):
         """Where it changed: a ``Detection`` with ``mask`` (class ids ``[H, W]`` at the input's size, objects
-        under ``min_area`` pixels removed) and ``result`` (per class pixels, percent, objects with boxes as
-        normalised xyxy, and the caption). ``gsd``: metres per pixel, resampled when far from the model's."""
-        from changescope.tasks.detection import detect_pair
+        under ``min_area`` pixels removed), ``result`` (per class pixels, percent, objects with boxes as
+        normalised xyxy, and the caption) and ``image`` (the decoded after image, for overlays). ``gsd``:
+        metres per pixel, resampled when far from the model's. Two lists (or tuples) of images give a list,
+        ``batch_size`` pairs per forward pass (``tasks.detection.iter_detections``)."""
+        from changescope.tasks.detection import iter_detections
         from changescope.tasks.inference import Decoding
 
         if min_area < 0:
             raise ChangescopeError("min_area must be >= 0")
-        return detect_pair(self.model, self.processor, before, after, min_area, Decoding(beam_size=beam), gsd)
+        if batch_size < 1:
+            raise ChangescopeError("batch_size must be >= 1")
+        single, pairs = _pairs(before, after)
+        decoding = Decoding(beam_size=beam, batch_size=batch_size)
+        found = list(iter_detections(self.model, self.processor, pairs, min_area, decoding, gsd, batch_size))
+        return found[0] if single else found
 
-    def ask(self, before, after, question: str, *, min_area: int = MIN_AREA):
+    def ask(self, before, after, question: str, *, min_area: int = MIN_AREA, batch_size: int = 16):
         """An ``Answer``: ``result["answer"]`` (closed answers from the VQA head, free-form from the caption
-        decoder) and, with a grounding head, ``mask`` (bool ``[H, W]``: where the asked-for change is)."""
-        from changescope.tasks.vqa import ask_pair
+        decoder), with a grounding head ``mask`` (bool ``[H, W]``: where the asked-for change is), and
+        ``image`` (the decoded after image). Two lists (or tuples) of images give a list of answers to the
+        one question, ``batch_size`` pairs per forward pass (``tasks.vqa.iter_answers``)."""
+        from changescope.tasks.vqa import iter_answers
 
-        return ask_pair(self.model, self.processor, before, after, question, min_area)
+        if batch_size < 1:
+            raise ChangescopeError("batch_size must be >= 1")
+        single, pairs = _pairs(before, after)
+        answers = list(iter_answers(self.model, self.processor, pairs, question, min_area, batch_size))
+        return answers[0] if single else answers
 
     def scene(self, a: str | Path, b: str | Path, out: str | Path, *, overwrite: bool = False, **options):
         """Run ``changescope scene`` on two rasters of any size; return its summary (also in
@@ -96,11 +125,14 @@ def load(
     """The model ``model`` (a model directory, a training run directory, or 'default': the shipped one) as a
     :class:`ChangePipeline`. ``precision``: 'fp32', 'bf16' or 'fp16' inference autocast (None: the
     measured default). ``device``: e.g. 'cuda' (default: cpu)."""
+    from changescope.tasks.inference import default_precision
     from changescope.tasks.inference import load as load_model
 
     loaded, processor, path = load_model(model, precision)
     if device is not None:
         loaded.to(torch.device(device))
+        if precision is None:
+            loaded.set_precision(default_precision(device))
     return ChangePipeline(loaded, processor, path)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from changescope.errors import ChangescopeError
+from changescope.postprocess import MIN_AREA
 
 app = typer.Typer(
     help="changescope: what changed here, where, and how much.",
@@ -27,8 +28,8 @@ def _precision_option():
     return typer.Option(
         None,
         "--precision",
-        help="Inference precision: fp32, bf16 (CPU AMX units, GPUs) or fp16 (GPUs); "
-        "default: the measured default (benchmarks/RESULTS.md, 'Precision').",
+        help="Inference precision: fp32, bf16 (CPU AMX / AVX-512 BF16 units, GPUs) or fp16 (GPUs); "
+        "default: bf16 where the hardware has bf16 units, else fp32 (benchmarks/RESULTS.md, 'Precision').",
     )
 
 
@@ -210,59 +211,76 @@ def score(
         typer.echo(caption_table(result))
 
 
+def _train_parameters() -> tuple[list, dict]:
+    """The ``train`` command's parameters, made from ``fields(TrainOptions)`` (each field's help in its
+    metadata) plus ``--config`` and ``--resume``: the dataclass is the only list of training options.
+
+    Every option defaults to None (the dataclass default is only shown), so a ``--config`` YAML value is
+    replaced only by a flag actually given."""
+    import dataclasses
+    import inspect
+
+    from changescope.tasks.train_options import TrainOptions, cli_flag
+
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    params, annotations = [], {}
+    for f in dataclasses.fields(TrainOptions):
+        if not f.metadata.get("cli", True):
+            continue
+        base = str(f.type).split("|")[0].strip()  # "int | None" -> int; a parsed flag (--gsd) takes text
+        kind = str if f.metadata.get("parse") is not None else kinds.get(base, str)
+        flag = cli_flag(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind is bool:
+            decls = f"{flag}/--no-{flag[2:]}"
+            shown = None if default is None else (flag[2:] if default else f"no-{flag[2:]}")
+        else:
+            decls, shown = flag, None if default in (None, "") else str(default)
+        info = typer.Option(
+            None,
+            decls,
+            help=f.metadata.get("help"),
+            show_default=shown if shown is not None else False,
+            metavar=f.metadata.get("metavar"),
+        )
+        annotations[f.name] = kind | None
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info))
+    extra = {
+        "config": (
+            Path | None,
+            typer.Option(None, "--config", help="YAML file of these options (and of overrides); flags win."),
+        ),
+        "resume": (
+            bool,
+            typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+        ),
+    }
+    for name, (annotation, info) in extra.items():
+        assert name not in annotations, f"TrainOptions.{name} clashes with the train command's --{name}"
+        annotations[name] = annotation
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info))
+    return params, annotations
+
+
+def _train_signature(func):
+    """Give ``func`` the generated parameters, where typer reads them (``inspect.signature``, type hints)."""
+    import inspect
+
+    params, annotations = _train_parameters()
+    func.__signature__ = inspect.Signature(params, return_annotation=None)
+    func.__annotations__ = {**annotations, "return": None}
+    return func
+
+
 @app.command()
-def train(
-    preset: str | None = typer.Option(None, "--preset", help="Architecture (see `changescope models`)."),
-    data: Path | None = typer.Option(
-        None, "--data", help="Dataset directory, or a mix file (YAML / JSON) of several datasets."
-    ),
-    format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory (model/, checkpoints/, metrics)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of these options; flags win."),
-    epochs: int | None = typer.Option(None, "--epochs"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate of encoder and decoder."),
-    min_freq: int | None = typer.Option(None, "--min-freq", help="Vocabulary: train words seen >= N times."),
-    image_size: int | None = typer.Option(None, "--image-size"),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Backbone weights."),
-    seed: int | None = typer.Option(None, "--seed"),
-    patience: int | None = typer.Option(None, "--patience", help="Early stop after N epochs without gain."),
-    monitor: str | None = typer.Option(None, "--monitor", help="Validation metric for the best model."),
-    tasks: str | None = typer.Option(
-        None,
-        "--tasks",
-        help="A comma-separated subset of caption, mask, vqa, grounding (default: what the preset and the "
-        "data allow).",
-    ),
-    mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss."),
-    vqa_weight: float | None = typer.Option(None, "--vqa-weight", help="Weight of the VQA loss."),
-    grounding_weight: float | None = typer.Option(
-        None, "--grounding-weight", help="Weight of the grounding loss."
-    ),
-    question_encoder: str | None = typer.Option(
-        None, "--question-encoder", help="minilm (all-MiniLM-L6-v2) or words (no transformers needed)."
-    ),
-    init: str | None = typer.Option(
-        None,
-        "--init",
-        help="Start from a saved model ('default', a model or run directory): its heads that this run "
-        "does not train are kept, and fixed.",
-    ),
-    freeze: str | None = typer.Option(
-        None,
-        "--freeze",
-        help="Parts kept fixed: 'none' or a comma-separated subset of backbone, encoder, decoder, "
-        "mask_head, change_head, questions, grounding (default: see --init).",
-    ),
-    gsd: str | None = typer.Option(
-        None, "--gsd", help="Metres per pixel of the training imagery, one or several ('0.5,10')."
-    ),
-    num_workers: int | None = typer.Option(None, "--num-workers"),
-    limit_pairs: int | None = typer.Option(None, "--limit-pairs", help="Use only the first N pairs a split."),
-    devices: int | None = typer.Option(None, "--devices", help="Processes / GPUs; > 1 trains with DDP."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
-) -> None:
-    """Train a change model (captions, change masks, answers, grounding); the best lands in OUT/model."""
+@_train_signature
+def train(config: Path | None = None, resume: bool = False, **flags) -> None:
+    """Train a change model (captions, change masks, answers, grounding); the best lands in OUT/model.
+
+    Each option is also a --config YAML key, as are the model's overrides; a given flag wins over the YAML.
+    """
+    import dataclasses
+
     from changescope.errors import require_all
 
     require_all(("lightning",), "train", "changescope train")
@@ -272,33 +290,12 @@ def train(
     values: dict = {}
     if config is not None:
         values.update(_read_yaml(config))
-    flags = {
-        "preset": preset,
-        "data": data,
-        "format": format,
-        "out": out,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "min_freq": min_freq,
-        "image_size": image_size,
-        "pretrained": pretrained,
-        "seed": seed,
-        "patience": patience,
-        "monitor": monitor,
-        "tasks": tasks,
-        "mask_weight": mask_weight,
-        "vqa_weight": vqa_weight,
-        "grounding_weight": grounding_weight,
-        "question_encoder": question_encoder,
-        "init": init,
-        "freeze": freeze,
-        "gsd": gsd.split(",") if gsd else None,
-        "num_workers": num_workers,
-        "limit_pairs": limit_pairs,
-        "devices": devices,
-    }
-    values.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+    parsers = {f.name: f.metadata.get("parse") for f in dataclasses.fields(TrainOptions)}
+    for name, value in flags.items():
+        if value is not None and parsers.get(name) is not None:
+            value = parsers[name](value)
+        if value is not None:
+            values[name] = str(value) if isinstance(value, Path) else value
     if resume:
         if "out" not in values:
             raise typer.BadParameter("--resume needs --out (the run directory)")
@@ -335,8 +332,8 @@ def evaluate(
     """
     from changescope.fileio import write_json_atomic
     from changescope.metrics.table import caption_table, detection_table, grounding_line, vqa_table
+    from changescope.tasks.evaluation import evaluate as run_evaluation
     from changescope.tasks.inference import Decoding
-    from changescope.tasks.inference import evaluate as run_evaluation
 
     _check_decoding(beam, batch_size, length_penalty)
     _check_precision(precision)
@@ -373,37 +370,39 @@ def evaluate(
 @app.command()
 def describe(
     paths: list[str] = typer.Argument(
-        ..., help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER holding A/ and B/ with matching file names."
+        ...,
+        help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER holding A/ and B/ with matching file names, or "
+        "[MODEL] MANIFEST (.csv / .jsonl naming before, after and optionally id).",
     ),
     beam: int = typer.Option(1, "--beam", help="Beam size (1 = greedy)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    out: Path | None = typer.Option(None, "--out", help="For a folder: write JSONL here (else print it)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="For a folder or manifest: write JSONL here (else print it)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
     precision: str | None = _precision_option(),
 ) -> None:
-    """Say what changed between two images (any size Pillow reads), or for every pair in a folder.
+    """Say what changed between two images (any size Pillow reads), or for every pair of a folder or
+    manifest.
 
     MODEL defaults to the shipped model ('default'). Images with more than 3 bands use the first 3;
-    1-band images are refused.
+    1-band images are refused. A manifest's relative paths are read from its own folder; a pair's id is
+    its id column, else the after file's stem.
     """
-    from changescope.tasks.inference import (
-        Decoding,
-        check_pair_files,
-        folder_pairs,
-        iter_descriptions,
-        load,
-        write_jsonl_resumable,
-    )
+    from changescope.tasks.inference import Decoding, iter_descriptions, load
+    from changescope.tasks.pairs import check_pair_files, write_jsonl_resumable
 
     _check_decoding(beam, batch_size, length_penalty)
     _check_precision(precision)
     if len(paths) > 3:
-        raise typer.BadParameter("give BEFORE AFTER or a FOLDER, optionally after MODEL")
+        raise typer.BadParameter("give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
     model_spec, inputs = _split_model_arg(paths)
     decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
     if len(inputs) == 1:
-        pairs = folder_pairs(_input_dir(Path(inputs[0]), "pairs"))
+        pairs = _many_pairs(
+            Path(inputs[0]), "give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL"
+        )
     else:
         pairs = [
             (
@@ -444,31 +443,69 @@ def describe(
 
 @app.command()
 def detect(
-    paths: list[str] = typer.Argument(..., help="[MODEL] BEFORE AFTER (MODEL defaults to 'default')."),
-    out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, result.json here."),
-    min_area: int = typer.Option(10, "--min-area", min=0, help="Drop changed objects under N pixels."),
+    paths: list[str] = typer.Argument(
+        ...,
+        help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER (A/ and B/) or MANIFEST (.csv / .jsonl) of pairs "
+        "(MODEL defaults to 'default').",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Write mask.png, overlay.png, result.json here; for a folder or manifest, DIR/<id>/ per pair "
+        "and DIR/results.jsonl (DIR new or empty, or an earlier run's: then it resumes).",
+    ),
+    min_area: int = typer.Option(MIN_AREA, "--min-area", min=0, help="Drop changed objects under N pixels."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the caption (1 = greedy)."),
     gsd: float | None = typer.Option(
         None, "--gsd", help="Metres per pixel of the images; resampled when far from the model's."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the result JSON."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pairs per forward pass (folder or manifest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result JSON (one pair)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="One pair: replace an earlier output folder in --out. Folder or manifest: redo every pair "
+        "instead of resuming.",
+    ),
     precision: str | None = _precision_option(),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
 
     mask.png holds class ids at the input's size; objects are 8-connected components of one class with at
     least --min-area pixels (smaller ones are removed from the mask). Boxes are xyxy in [0, 1].
+
+    For a FOLDER (A/ before, B/ after, matching names) or a MANIFEST (.csv with a before,after[,id] header,
+    or .jsonl objects with before, after and optionally id; relative paths from the manifest's folder),
+    --out DIR gets DIR/<id>/ (mask.png, overlay.png, result.json) per pair and DIR/results.jsonl (one
+    result row per pair, with its id), written as the pairs are done, --batch-size pairs per forward pass.
+    DIR must be new or empty, or hold the results.jsonl (or results.jsonl.part) of an earlier run: then
+    the run resumes, skipping the pairs whose DIR/<id>/result.json exists; --overwrite redoes them all.
     """
     from changescope.fileio import check_output_dir
     from changescope.tasks.detection import detect_pair, write_detection
-    from changescope.tasks.inference import Decoding, check_pair_files, load
+    from changescope.tasks.inference import Decoding, load
+    from changescope.tasks.pairs import check_pair_files
 
     _positive(gsd, "--gsd")
     _check_precision(precision)
+    _check_decoding(beam, batch_size)
     model_spec, inputs = _split_model_arg(paths)
-    if len(inputs) != 2:
-        raise typer.BadParameter("give BEFORE AFTER, optionally after MODEL")
+    if len(inputs) not in (1, 2):
+        raise typer.BadParameter("give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
+    decoding = Decoding(beam_size=beam, batch_size=batch_size)
+    if len(inputs) == 1:
+        usage = "give BEFORE AFTER, or a FOLDER / MANIFEST of pairs with --out DIR, optionally after MODEL"
+        if out is None:
+            raise typer.BadParameter("a FOLDER or MANIFEST of pairs needs --out DIR")
+        if as_json:
+            raise typer.BadParameter("--json prints one pair's result; many pairs' go to DIR/results.jsonl")
+        pairs = _many_pairs(Path(inputs[0]), usage)
+        _check_results_dir(out, pairs)
+        _check_model(model_spec)
+        check_pair_files(pairs)
+        model, processor, model_path = load(model_spec, precision)
+        _detect_many(model, processor, model_path, pairs, out, min_area, decoding, gsd, overwrite)
+        return
     if out is None and not as_json:
         raise typer.BadParameter("give --out DIR, --json, or both")
     before, after = _input_file(Path(inputs[0]), "image"), _input_file(Path(inputs[1]), "image")
@@ -477,12 +514,10 @@ def detect(
     _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
     model, processor, model_path = load(model_spec, precision)
-    detection = detect_pair(model, processor, before, after, min_area, Decoding(beam_size=beam), gsd=gsd)
+    detection = detect_pair(model, processor, before, after, min_area, decoding, gsd=gsd)
     detection.result["model"] = str(model_path)
     if out is not None:
-        from changescope.data.imageio import read_rgb
-
-        write_detection(detection, list(model.config.classes), read_rgb(after), out, overwrite)
+        write_detection(detection, list(model.config.classes), out, overwrite)
     if as_json:
         _echo_json(detection.result)
     else:
@@ -497,15 +532,110 @@ def detect(
         typer.echo(f"wrote {out}/mask.png, overlay.png, result.json")
 
 
+#: what ``detect`` over many pairs writes beside the pair folders
+RESULTS_NAME = "results.jsonl"
+
+
+def _many_pairs(path: Path, usage: str) -> list:
+    """The pairs of a FOLDER or MANIFEST argument (``tasks.pairs.list_pairs``); one image alone is a usage
+    error (``usage`` says what to give)."""
+    from changescope.data.imageio import IMAGE_SUFFIXES
+    from changescope.tasks.pairs import list_pairs
+
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise typer.BadParameter(f"'{path}' is one image: {usage}")
+    return list_pairs(path)
+
+
+def _check_results_dir(out: Path, pairs: list) -> None:
+    """``detect``'s DIR for many pairs: new, empty, or an earlier run's (its results.jsonl or .part); and
+    every ``DIR/<id>`` free, or an earlier output folder (checked before the model is loaded)."""
+    from changescope.errors import DataError
+    from changescope.fileio import check_output_dir
+
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file; --out takes a folder")
+    earlier = any((out / name).is_file() for name in (RESULTS_NAME, RESULTS_NAME + ".part"))
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise DataError(
+            out,
+            f"the output folder is not empty and holds no {RESULTS_NAME} of an earlier run; "
+            "choose a new --out",
+        )
+    for pair_id, _, after in pairs:
+        if pair_id in (RESULTS_NAME, RESULTS_NAME + ".part"):
+            raise DataError(after, f"the pair id '{pair_id}' is the name of the results file; rename it")
+        check_output_dir(out / pair_id, overwrite=True)
+
+
+def _detect_many(model, processor, model_path, pairs, out: Path, min_area, decoding, gsd, overwrite) -> None:
+    """Detect every pair into ``OUT/<id>/`` and ``OUT/results.jsonl``, streamed (``write_jsonl_resumable``);
+    a pair whose ``OUT/<id>/result.json`` exists is not redone (unless ``overwrite``): its row is read
+    back from that file."""
+    from rich.progress import Progress
+
+    from changescope.errors import DataError
+    from changescope.tasks.detection import iter_detections, write_detection
+    from changescope.tasks.pairs import write_jsonl_resumable
+
+    classes = list(model.config.classes)
+
+    def done(pair_id: str) -> bool:
+        return not overwrite and (out / pair_id / "result.json").is_file()
+
+    reused = 0
+    with Progress(transient=True) as progress:
+        task = progress.add_task("detecting changes", total=len(pairs))
+
+        def rows_for(pending):
+            nonlocal reused
+            skip = {p[0] for p in pending if done(p[0])}
+            todo = [p for p in pending if p[0] not in skip]
+            progress.update(task, completed=len(pairs) - len(todo))
+            found = iter_detections(model, processor, todo, min_area, decoding, gsd, decoding.batch_size)
+            for pair_id, _, _ in pending:
+                if pair_id in skip:  # done by an earlier run: its row is its result.json
+                    record = out / pair_id / "result.json"
+                    try:
+                        result = json.loads(record.read_text(encoding="utf-8"))
+                    except (OSError, ValueError) as err:
+                        raise DataError(
+                            record, f"unreadable ({err}); remove its folder to redo the pair"
+                        ) from None
+                    reused += 1
+                    yield {"id": pair_id, **result}
+                    continue
+                detection = next(found)
+                detection.result["model"] = str(model_path)
+                write_detection(detection, classes, out / pair_id, overwrite=True)
+                progress.advance(task)
+                yield {"id": pair_id, **detection.result}
+
+        written, kept = write_jsonl_resumable(out / RESULTS_NAME, rows_for, pairs, keep=done)
+    reused += kept
+    resumed = f" ({reused} kept from an earlier run)" if reused else ""
+    typer.echo(f"wrote {written + kept} results to {out / RESULTS_NAME} and a folder per pair{resumed}")
+
+
 @app.command()
 def ask(
     args: list[str] = typer.Argument(
-        ..., help="[MODEL] BEFORE AFTER \"QUESTION\" (MODEL defaults to 'default')."
+        ...,
+        help='[MODEL] BEFORE AFTER "QUESTION", or [MODEL] FOLDER / MANIFEST "QUESTION" '
+        "(MODEL defaults to 'default').",
     ),
-    out: Path | None = typer.Option(None, "--out", help="Write mask.png, overlay.png, answer.json here."),
-    min_area: int = typer.Option(10, "--min-area", min=0, help="Drop grounded regions under N pixels."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Write mask.png, overlay.png, answer.json here; for a folder or manifest, a JSONL file of "
+        "one answer row per pair (streamed; a rerun resumes an interrupted one).",
+    ),
+    min_area: int = typer.Option(MIN_AREA, "--min-area", min=0, help="Drop grounded regions under N pixels."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per forward pass (folder or manifest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer JSON."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="One pair: replace an earlier output folder in --out."
+    ),
     precision: str | None = _precision_option(),
 ) -> None:
     """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
@@ -513,17 +643,33 @@ def ask(
     Closed questions (yes / no, classes, ratio bins, counts) get the VQA head's answer; requests for a
     description, and questions it is unsure of, get a free-form answer from the caption decoder
     ("free_form": true in the JSON). The grounding mask is empty when the asked-for change is absent.
+
+    For a FOLDER (A/, B/) or MANIFEST (.csv / .jsonl of before, after and optionally id) the one question
+    is asked of every pair, --batch-size pairs per forward pass; --out ANSWERS.jsonl gets one row per pair
+    (answer.json's content and the pair's id), else each pair's answer is printed.
     """
     from changescope.fileio import check_output_dir
-    from changescope.tasks.inference import check_pair_files, load
+    from changescope.tasks.inference import load
+    from changescope.tasks.pairs import check_pair_files
     from changescope.tasks.vqa import ask_pair, check_question, write_answer
 
-    if len(args) not in (3, 4):
-        raise typer.BadParameter('give BEFORE AFTER "QUESTION", optionally after MODEL')
+    usage = 'give BEFORE AFTER "QUESTION" or a FOLDER / MANIFEST and "QUESTION", optionally after MODEL'
+    if len(args) not in (2, 3, 4):
+        raise typer.BadParameter(usage)
     _check_precision(precision)
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}")
     question = check_question(args[-1])
-    model_spec, (before, after) = ("default", args[:2]) if len(args) == 3 else (args[0], args[1:3])
-    before, after = _input_file(Path(before), "image"), _input_file(Path(after), "image")
+    model_spec, inputs = _split_model_arg(args[:-1])
+    if len(inputs) == 1:
+        pairs = _many_pairs(Path(inputs[0]), usage)
+        _output_file(out, "--out")
+        _check_model(model_spec)
+        check_pair_files(pairs)
+        model, processor, model_path = load(model_spec, precision)
+        _ask_many(model, processor, model_path, pairs, question, out, min_area, batch_size, as_json)
+        return
+    before, after = _input_file(Path(inputs[0]), "image"), _input_file(Path(inputs[1]), "image")
     if out is not None:
         check_output_dir(out, overwrite)
     _check_model(model_spec)
@@ -532,9 +678,7 @@ def ask(
     answer = ask_pair(model, processor, before, after, question, min_area)
     answer.result["model"] = str(model_path)
     if out is not None:
-        from changescope.data.imageio import read_rgb
-
-        write_answer(answer, read_rgb(after), out, overwrite)
+        write_answer(answer, out, overwrite)
     if as_json:
         _echo_json(answer.result)
         return
@@ -547,17 +691,54 @@ def ask(
         )
         typer.echo(f"{result['answer']}{note}")
     if result.get("grounding") is not None:
-        g = result["grounding"]
-        where = (
-            "no such change found"
-            if g["empty"]
-            else f"{len(g['boxes'])} region(s), {g['percent']:.2f} % of the image"
-        )
-        typer.echo(f"where: {where}")
+        typer.echo(f"where: {_where(result['grounding'])}")
     if out is not None:
         typer.echo(
             f"wrote {out}/answer.json" + (", mask.png, overlay.png" if answer.mask is not None else "")
         )
+
+
+def _where(grounding: dict) -> str:
+    if grounding["empty"]:
+        return "no such change found"
+    return f"{len(grounding['boxes'])} region(s), {grounding['percent']:.2f} % of the image"
+
+
+def _ask_many(model, processor, model_path, pairs, question, out, min_area, batch_size, as_json) -> None:
+    """Ask ``question`` of every pair (``tasks.vqa.iter_answers``): rows streamed into ``out`` (resumable,
+    ``write_jsonl_resumable``), or printed."""
+    from changescope.tasks.pairs import write_jsonl_resumable
+    from changescope.tasks.vqa import iter_answers
+
+    def rows(pending):
+        answers = iter_answers(model, processor, pending, question, min_area, batch_size)
+        for (pair_id, _, _), answer in zip(pending, answers, strict=True):
+            yield {"id": pair_id, **answer.result, "model": str(model_path)}
+
+    if out is not None:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("answering", total=len(pairs))
+
+            def rows_for(pending):
+                progress.update(task, completed=len(pairs) - len(pending))
+                for row in rows(pending):
+                    progress.advance(task)
+                    yield row
+
+            written, kept = write_jsonl_resumable(out, rows_for, pairs)
+        resumed = f" ({kept} kept from an interrupted run)" if kept else ""
+        typer.echo(f"wrote {written + kept} answers to {out}{resumed}")
+        return
+    if as_json:
+        _echo_json(list(rows(pairs)))
+        return
+    for row in rows(pairs):  # printed as each batch is answered
+        fields = [row["id"], str(row.get("answer", ""))]
+        if row.get("grounding") is not None:
+            fields.append(f"where: {_where(row['grounding'])}")
+        typer.echo("\t".join(fields))
 
 
 @app.command()
@@ -587,7 +768,7 @@ def scene(
     overlap: int = typer.Option(32, "--overlap", help="Overlap of neighbouring tiles in pixels."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tiles per forward pass."),
     vector_format: str = typer.Option("geojson", "--vector-format", help="geojson or gpkg."),
-    min_area: int = typer.Option(10, "--min-area", min=0, help="Report polygons of at least N pixels."),
+    min_area: int = typer.Option(MIN_AREA, "--min-area", min=0, help="Report polygons of at least N pixels."),
     max_captions: int = typer.Option(50, "--max-captions", min=0, help="Caption the N largest regions."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the region captions."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),

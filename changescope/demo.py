@@ -50,10 +50,12 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     test = open_dataset(data, "test", format="synthchange")
     visuals: dict[str, dict] = {}
     detection = model = processor = None
+    scores: dict = {}
     if (DEFAULT_MODEL / "config.json").is_file():
         model, processor, path = load("default")
         with torch.inference_mode():
-            predictions, visuals, detection = _model_outputs(model, processor, test)
+            predictions, visuals, scores = _model_outputs(model, processor, test, data)
+        detection = scores.get("detection")
         source = f"the shipped model ({path}, beam 3)"
         note = (
             "The shipped default model was trained on SynthChange only (procedural imagery); these pairs "
@@ -82,12 +84,15 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
                 **visuals.get(entry.id, {}),
             }
         )
-    scores = score_dataset(predictions, test, data)
+    if model is None:
+        scores = score_dataset(predictions, test, data)
     print(caption_table(scores))
     if detection is not None:
         print("change masks:")
         print(detection_table(detection))
-    vqa = _questions(model, processor, test, data, rows) if model is not None else {}
+    if model is not None:
+        _questions(model, processor, data, rows)
+    vqa = {key: scores[key] for key in ("vqa", "grounding") if key in scores}
     if "vqa" in vqa:
         print("questions (closed answers; percent):")
         print(vqa_table(vqa["vqa"]))
@@ -98,57 +103,57 @@ def run(out: str | Path = "demo", pairs: int = DEMO_PAIRS, seed: int = DEMO_SEED
     return {
         "data": str(data),
         "check_ok": True,
-        "scores": scores,
+        "scores": {k: v for k, v in scores.items() if k not in ("detection", "vqa", "grounding")},
         "detection": detection,
         **vqa,
         "report": str(html),
     }
 
 
-def _model_outputs(model, processor, test) -> tuple[dict[str, str], dict[str, dict], dict | None]:
-    """Captions (beam 3), and for a model with a mask head the overlay and counts of every pair and the
-    per-class scores of the masks."""
+def _model_outputs(model, processor, test, data: Path) -> tuple[dict[str, str], dict[str, dict], dict]:
+    """Captions (beam 3), for a model with a mask head the overlay and counts of every pair, and the scores
+    of every task (``tasks.evaluation.score_split``: one forward pass a batch for all of them)."""
     import numpy as np
 
-    from changescope.metrics.segmentation import ConfusionMatrix
     from changescope.overlay import overlay
-    from changescope.tasks.detection import MIN_AREA, remove_small_objects, summarize_mask
-    from changescope.tasks.inference import Decoding, iter_predictions
+    from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
+    from changescope.tasks.evaluation import score_split
+    from changescope.tasks.inference import Decoding
+    from changescope.tasks.queries import load_records
 
     classes = list(model.config.classes)
-    confusion = ConfusionMatrix(len(classes)) if classes else None
-    predictions, visuals = {}, {}
-    for sample, caption, mask in iter_predictions(model, processor, test, Decoding(beam_size=3)):
-        predictions[sample["id"]] = caption
-        if mask is None:
-            continue
-        confusion.update(mask, sample["mask"])
-        cleaned = remove_small_objects(mask.numpy().astype(np.uint8), MIN_AREA)
+    visuals: dict[str, dict] = {}
+
+    def draw(output) -> None:
+        if output.mask is None:
+            return
+        cleaned = remove_small_objects(output.mask.numpy().astype(np.uint8), MIN_AREA)
         summary = summarize_mask(cleaned, classes)
-        after = (sample["image"][-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        after = (output.sample["image"][-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         counts = [
             f"{name}: {c['objects']} object{'s' * (c['objects'] != 1)}, {c['percent']:.1f} % of the image"
             for name, c in summary["classes"].items()
             if c["pixels"]
         ]
-        visuals[sample["id"]] = {
+        visuals[output.sample["id"]] = {
             "overlay": overlay(after, cleaned, classes),
             "counts": "; ".join(counts) or "no changed pixels",
         }
-    return predictions, visuals, confusion.compute(classes) if confusion else None
+
+    records = [r for r in load_records(data, "test") if r.task in model.tasks]
+    metrics = score_split(model, processor, test, Decoding(beam_size=3), records, on_pair=draw)
+    return dict(metrics.captions.predictions), visuals, metrics.compute(test, data)
 
 
-def _questions(model, processor, test, data: Path, rows: list[dict]) -> dict:
-    """Score every question and grounding query of the demo pairs; put two asked questions (and the true
-    answers) on each pair's row of the report."""
+def _questions(model, processor, data: Path, rows: list[dict]) -> None:
+    """Put two asked questions (and the true answers) on each pair's row of the report."""
     from changescope.tasks.queries import load_records
-    from changescope.tasks.vqa import ask_pair, score_queries
+    from changescope.tasks.vqa import ask_pair
 
     if "vqa" not in model.tasks:
-        return {}
-    records = [r for r in load_records(data, "test") if r.task in model.tasks]
+        return
     by_pair: dict[str, list] = {}
-    for record in records:
+    for record in load_records(data, "test"):
         if record.task == "vqa" and record.qtype in ("count", "change_to_what", "change_or_not"):
             by_pair.setdefault(record.meta.get("pair"), []).append(record)
     for row in rows:
@@ -157,7 +162,6 @@ def _questions(model, processor, test, data: Path, rows: list[dict]) -> dict:
             got = ask_pair(model, processor, row["before"], row["after"], record.question).result
             asked.append((record.question, f"{got['answer']} (true: {record.answer})"))
         row["qa"] = asked
-    return score_queries(model, processor, test, records)
 
 
 def _baseline_captions(out: Path, test, seed: int) -> dict[str, str]:

@@ -16,7 +16,7 @@ from changescope.errors import ChangescopeError, DataError
 
 @pytest.fixture(scope="module")
 def pipe():
-    return changescope.load("default")
+    return changescope.load("default", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,14 @@ def test_bad_inputs_are_one_line_errors(pipe, pair):
         changescope.load("default", precision="fp8")
 
 
+def test_the_default_precision_is_bf16_where_the_cpu_computes_it():
+    from changescope.tasks.inference import default_precision
+
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert changescope.load("default").precision == default_precision() == ("bf16" if native else "fp32")
+    assert default_precision("meta") == "fp32"
+
+
 def test_bf16_matches_fp32_on_the_change_map(pipe, synth):
     """bf16 autocast (this CPU's AMX units) gives the same masks but for a few pixels per pair."""
     fast = changescope.load("default", precision="bf16")
@@ -80,7 +88,8 @@ def test_bf16_matches_fp32_on_the_change_map(pipe, synth):
 
 
 def test_detect_runs_the_backbone_once_and_matches_mask_then_caption(pipe, pair):
-    from changescope.tasks.detection import predict_mask, remove_small_objects
+    from changescope.postprocess import remove_small_objects
+    from changescope.tasks.detection import predict_mask
     from changescope.tasks.inference import Decoding, caption_pairs
 
     calls = []

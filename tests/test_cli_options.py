@@ -19,6 +19,7 @@ from changescope.cli import main
 #   {synth}: a SynthChange dataset   {a} {b}: an image pair   {file}: a text file   {folder}: an empty folder
 #   {full}: a non-empty folder changescope did not write   {missing}: a path that does not exist
 #   {pred}: a predictions JSONL   {out}: a fresh output path (must not exist after the run)
+#   {manifest}: a CSV manifest of pairs whose line 3 names a missing image
 ROWS: list[tuple[str, str, str]] = [
     # synth
     ("synth-pairs-zero", "synth --out {out} --pairs 0", "--pairs"),
@@ -57,11 +58,29 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-batch-zero", "train --data {synth} --out {out} --batch-size 0", "--batch-size"),
     ("train-lr-zero", "train --data {synth} --out {out} --lr 0", "--lr"),
     ("train-lr-negative", "train --data {synth} --out {out} --lr -0.1", "--lr"),
+    (
+        "train-backbone-lr-scale-negative",
+        "train --data {synth} --out {out} --backbone-lr-scale -0.5",
+        "--backbone-lr-scale",
+    ),
+    ("train-weight-decay-negative", "train --data {synth} --out {out} --weight-decay -1", "--weight-decay"),
+    ("train-weight-decay-type", "train --data {synth} --out {out} --weight-decay heavy", "--weight-decay"),
     ("train-min-freq-zero", "train --data {synth} --out {out} --min-freq 0", "--min-freq"),
     ("train-image-size", "train --data {synth} --out {out} --image-size 7", "--image-size"),
     ("train-patience-negative", "train --data {synth} --out {out} --patience -1", "--patience"),
     ("train-tasks", "train --data {synth} --out {out} --tasks caption,colour", "colour"),
     ("train-weight-negative", "train --data {synth} --out {out} --mask-weight -1", "--mask-weight"),
+    ("train-dice-weight-negative", "train --data {synth} --out {out} --dice-weight -1", "--dice-weight"),
+    (
+        "train-free-form-weight-negative",
+        "train --data {synth} --out {out} --free-form-weight -0.1",
+        "--free-form-weight",
+    ),
+    (
+        "train-questions-per-pair-zero",
+        "train --data {synth} --out {out} --questions-per-pair 0",
+        "--questions-per-pair",
+    ),
     ("train-vqa-weight-negative", "train --data {synth} --out {out} --vqa-weight -1", "--vqa-weight"),
     (
         "train-grounding-weight",
@@ -77,6 +96,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-workers-negative", "train --data {synth} --out {out} --num-workers -1", "--num-workers"),
     ("train-limit-zero", "train --data {synth} --out {out} --limit-pairs 0", "--limit-pairs"),
     ("train-devices-zero", "train --data {synth} --out {out} --devices 0", "--devices"),
+    ("train-accelerator", "train --data {synth} --out {out} --accelerator toaster", "--accelerator"),
     ("train-seed-negative", "train --data {synth} --out {out} --seed -1", "--seed"),
     ("train-monitor", "train --data {synth} --out {out} --monitor val/accuracy", "val/accuracy"),
     ("train-config-missing", "train --config {missing}", "not found"),
@@ -106,6 +126,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("describe-length-penalty", "describe {a} {b} --length-penalty -2", "--length-penalty"),
     ("describe-out-folder", "describe {synth}/images/test --out {folder}", "is a folder"),
     ("describe-model-missing", "describe {missing} {a} {b}", "not found"),
+    ("describe-manifest-bad", "describe {manifest}", "line 3"),
+    ("describe-manifest-suffix", "describe {file}", "manifest"),
     # detect
     ("detect-precision", "detect {a} {b} --out {out} --precision int8", "--precision"),
     ("detect-min-area", "detect {a} {b} --out {out} --min-area -1", "--min-area"),
@@ -118,6 +140,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("detect-out-file", "detect {a} {b} --out {file}", "a file"),
     ("detect-out-full", "detect {a} {b} --out {full}", "not empty"),
     ("detect-overwrite-foreign", "detect {a} {b} --out {full} --overwrite", "did not write"),
+    ("detect-batch-zero", "detect {a} {b} --out {out} --batch-size 0", "--batch-size"),
+    ("detect-batch-type", "detect {a} {b} --out {out} --batch-size many", "--batch-size"),
+    ("detect-folder-no-out", "detect {synth}/images/test", "--out"),
+    ("detect-folder-json", "detect {synth}/images/test --out {out} --json", "--json"),
+    ("detect-folder-out-full", "detect {synth}/images/test --out {full}", "earlier run"),
+    ("detect-folder-out-file", "detect {synth}/images/test --out {file}", "a file"),
+    ("detect-manifest-bad", "detect {manifest} --out {out}", "line 3"),
     # ask
     ("ask-precision", "ask {a} {b} 'what changed?' --precision bf32", "--precision"),
     ("ask-no-question", "ask {a} {b}", "QUESTION"),
@@ -126,6 +155,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("ask-missing", "ask {missing} {b} 'what changed?'", "not found"),
     ("ask-out-full", "ask {a} {b} 'what changed?' --out {full}", "not empty"),
     ("ask-out-file", "ask {a} {b} 'what changed?' --out {file}", "a file"),
+    ("ask-batch-zero", "ask {a} {b} 'what changed?' --batch-size 0", "--batch-size"),
+    ("ask-folder-out-folder", "ask {synth}/images/test 'what changed?' --out {folder}", "is a folder"),
+    ("ask-manifest-bad", "ask {manifest} 'what changed?' --out {out}", "line 3"),
+    ("ask-too-many", "ask default {a} {b} {a} 'what changed?'", "QUESTION"),
     # scene
     ("scene-precision", "scene {a} {b} --out {out} --precision half", "--precision"),
     ("scene-missing", "scene {missing} {b} --out {out}", "not found"),
@@ -182,6 +215,8 @@ def paths(tmp_path_factory, synth) -> dict[str, str]:
     full = root / "full"
     full.mkdir()
     (full / "holiday.jpg").write_bytes(b"\xff\xd8\xff not changescope's")
+    manifest = root / "pairs.csv"  # line 3 names an after image that does not exist
+    manifest.write_text(f"before,after\n{test_a},{test_a}\n{test_a},nowhere.png\n")
     pred = root / "pred.jsonl"
     pred.write_text('{"id": "x", "caption": "no change"}\n')
     return {
@@ -193,6 +228,7 @@ def paths(tmp_path_factory, synth) -> dict[str, str]:
         "full": str(full),
         "missing": str(root / "nowhere"),
         "pred": str(pred),
+        "manifest": str(manifest),
     }
 
 
@@ -233,6 +269,7 @@ def test_table_covers_every_option():
     any_value = {
         "--help", "--json", "--format", "--split", "--meteor", "--no-meteor", "--host", "--llm-model",
         "--pretrained", "--no-pretrained", "--overwrite",
+        "--cache-features", "--augment",  # train's on/off switches: any value is right
     }  # fmt: skip
     group = typer.main.get_command(app)
     commands = []

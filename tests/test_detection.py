@@ -1,9 +1,9 @@
-"""Change-mask arithmetic (areas, objects, boxes), overlays, and the classical difference baseline."""
+"""Overlays, detection files and the classical difference baseline; the flood fill and hand-made mask
+that ``test_postprocess`` checks object counts, areas and boxes with."""
 
 from collections import deque
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -13,7 +13,7 @@ from changescope.metrics.segmentation import ConfusionMatrix
 from changescope.metrics.table import detection_table
 from changescope.models.baselines import DifferenceBaseline
 from changescope.overlay import CLASS_COLOURS, overlay
-from changescope.tasks.detection import remove_small_objects, summarize_mask
+from changescope.postprocess import summarize_mask
 
 CLASSES = ["background", "road", "building"]
 
@@ -49,42 +49,6 @@ def hand_made_mask() -> np.ndarray:
     mask[14, 10:12] = 2  # building of 2 px touching the road: its own object (another class)
     mask[6, 7] = 2  # touches the first building's corner (5, 6) diagonally: the same object
     return mask
-
-
-def test_area_count_and_box_arithmetic_on_a_hand_made_mask():
-    mask = hand_made_mask()
-    cleaned = remove_small_objects(mask, min_area=10)
-    assert cleaned[10:12, 30:32].sum() == 0 and cleaned[14, 10:12].sum() == 0 and cleaned[6, 7] == 2
-    assert (cleaned[2:6, 3:7] == 2).all() and (cleaned[15] == 1).all()
-
-    summary = summarize_mask(cleaned, CLASSES)
-    building, road = summary["classes"]["building"], summary["classes"]["road"]
-    assert building["pixels"] == 17 and building["objects"] == 1
-    assert building["percent"] == pytest.approx(100 * 17 / 800)
-    # boxes are pixel edges over width / height: columns 3..7 -> [3/40, 8/40], rows 2..6 -> [2/20, 7/20]
-    assert building["boxes"] == [[3 / 40, 2 / 20, 8 / 40, 7 / 20]]
-    assert road["boxes"] == [[0.0, 15 / 20, 1.0, 16 / 20]] and road["object_areas"] == [40]
-    assert summary["objects"] == 2 and summary["changed_pixels"] == 57 and summary["size"] == [40, 20]
-
-    # without cleaning every blob counts, in raster order of its first pixel
-    raw = summarize_mask(mask, CLASSES)
-    assert raw["classes"]["building"]["objects"] == 3
-    assert raw["classes"]["building"]["object_areas"] == [17, 4, 2]
-
-
-def test_counts_equal_an_independent_labelling_on_a_random_mask():
-    rng = np.random.default_rng(0)
-    mask = (rng.random((48, 48)) < 0.3).astype(np.uint8) * rng.integers(1, 3, (48, 48)).astype(np.uint8)
-    cleaned = remove_small_objects(mask, min_area=3)
-    summary = summarize_mask(cleaned, CLASSES)
-    for cls, name in enumerate(CLASSES[1:], start=1):
-        components = flood_fill_components(cleaned == cls)
-        assert summary["classes"][name]["objects"] == len(components)
-        assert sorted(summary["classes"][name]["object_areas"]) == sorted(len(c) for c in components)
-        assert min(map(len, components)) >= 3
-        # raw mask: every component the BFS finds below 3 px is gone from the cleaned mask
-        small = [c for c in flood_fill_components(mask == cls) if len(c) < 3]
-        assert all(cleaned[y, x] == 0 for c in small for y, x in c)
 
 
 def test_overlay_tints_changed_pixels_in_levir_mci_colours_and_draws_a_legend():
@@ -129,7 +93,9 @@ def test_write_detection_leaves_complete_files_only(tmp_path):
     from changescope.tasks.detection import Detection, write_detection
 
     mask = hand_made_mask()
-    detection = Detection(mask, {"caption": "x", **summarize_mask(mask, CLASSES)})
-    out = write_detection(detection, CLASSES, np.zeros((20, 40, 3), np.uint8), tmp_path / "d")
+    detection = Detection(
+        mask, {"caption": "x", **summarize_mask(mask, CLASSES)}, np.zeros((20, 40, 3), np.uint8)
+    )
+    out = write_detection(detection, CLASSES, tmp_path / "d")
     assert sorted(p.name for p in out.iterdir()) == ["mask.png", "overlay.png", "result.json"]
     assert np.array_equal(np.asarray(Image.open(out / "mask.png")), mask)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from changescope.metrics.grounding import boxes_from_mask, grounding_scores, label_components
+from changescope.metrics.grounding import grounding_scores
 from changescope.metrics.retrieval import bidirectional, retrieval_scores
 from changescope.metrics.segmentation import ConfusionMatrix
 from changescope.metrics.vqa import vqa_scores
+from changescope.postprocess import boxes_from_mask, label_components
 
 # --- segmentation -------------------------------------------------------------------------------------
 

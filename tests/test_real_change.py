@@ -212,8 +212,8 @@ def test_no_change_sentences_are_recognised_and_change_sentences_are_not():
 
 
 def test_a_no_change_caption_gives_way_to_the_mask_objects():
+    from changescope.postprocess import summarize_mask
     from changescope.tasks.consistency import agrees, caption_from_mask, reconcile
-    from changescope.tasks.detection import summarize_mask
 
     mask = np.zeros((90, 90), np.uint8)
     mask[2:20, 2:20] = 2  # a large building at the top left

@@ -385,7 +385,7 @@ def test_question_prior_is_the_most_common_answer_per_type(synth):
 
 
 def test_write_answer_with_a_hand_made_mask(tmp_path):
-    from changescope.metrics.grounding import boxes_from_mask
+    from changescope.postprocess import boxes_from_mask
     from changescope.tasks.vqa import Answer, write_answer
 
     mask = np.zeros((40, 50), bool)
@@ -393,7 +393,7 @@ def test_write_answer_with_a_hand_made_mask(tmp_path):
     mask[30:35, 40:50] = True
     after = np.full((40, 50, 3), 90, np.uint8)
     result = {"question": "q", "grounding": {"boxes": boxes_from_mask(mask)}}
-    write_answer(Answer(mask, result), after, tmp_path)
+    write_answer(Answer(mask, result, after), tmp_path)
     written = np.asarray(Image.open(tmp_path / "mask.png"))
     np.testing.assert_array_equal(written == 255, mask)
     assert result["grounding"]["boxes"] == [
@@ -421,7 +421,8 @@ def fresh_pairs(tmp_path_factory):
 def test_shipped_model_answers_grounds_and_describes(fresh_pairs):
     from changescope.metrics.grounding import grounding_scores
     from changescope.tasks.inference import load
-    from changescope.tasks.vqa import _read_target, ask_pair
+    from changescope.tasks.queries import read_target
+    from changescope.tasks.vqa import ask_pair
 
     model, processor, _ = load("default")
     assert {"caption", "mask", "vqa", "grounding"} <= set(model.tasks)
@@ -440,7 +441,7 @@ def test_shipped_model_answers_grounds_and_describes(fresh_pairs):
     for r in grounding:
         answer = ask_pair(model, processor, r.images[0]["path"], r.images[1]["path"], r.question, min_area=0)
         preds.append(answer.mask)
-        targets.append(_read_target(r.mask))
+        targets.append(read_target(r.mask))
     assert grounding_scores(preds, targets)["mIoU"] > 0.5
     count = next(r for r in records if r.qtype == "count")
     counted = ask_pair(model, processor, count.images[0]["path"], count.images[1]["path"], count.question)

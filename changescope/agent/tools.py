@@ -20,7 +20,8 @@ from typing import Any
 
 from changescope.errors import ChangescopeError, DataError
 from changescope.models.question_encoder import MAX_QUESTION_CHARS
-from changescope.tasks.detection import MIN_AREA, Detection
+from changescope.postprocess import MIN_AREA
+from changescope.tasks.detection import Detection
 
 # the change model is loaded once per process and shared with ``serve`` (its requests, its scene jobs, every
 # chat session): reloading the weights per session would cost seconds and memory. ``shared_model`` stays
@@ -82,7 +83,7 @@ class Session:
 
     def set_images(self, before: str | Path, after: str | Path) -> None:
         """Set the pair every image tool works on; checks both files now (one size, readable)."""
-        from changescope.tasks.inference import check_pair_files
+        from changescope.tasks.pairs import check_pair_files
 
         before, after = Path(before), Path(after)
         for path in (before, after):
@@ -126,13 +127,12 @@ class Session:
 
     def write_detection(self) -> Path:
         """Write mask.png, overlay.png and result.json once per pair; return their directory."""
-        from changescope.data.imageio import read_rgb
         from changescope.tasks.detection import write_detection
 
         detection = self.detection()
         if self._detection_written is None:
             out = self.directory / f"pair-{self._pair_number}" / "detection"
-            write_detection(detection, self.classes, read_rgb(self.pair()[1]), out)
+            write_detection(detection, self.classes, out)
             self._detection_written = out
         return self._detection_written
 
@@ -223,13 +223,12 @@ def _changed_area(session: Session, cls: str, units: str) -> dict[str, Any]:
 
 def _ask(session: Session, text: str, kind: str) -> tuple[Any, dict[str, Any]]:
     """Run the VQA / grounding heads on the pair; write mask.png, overlay.png, answer.json."""
-    from changescope.data.imageio import read_rgb
     from changescope.tasks.vqa import ask_pair, check_question, write_answer
 
     question = check_question(text)
     before, after = session.pair()
     answer = ask_pair(session.model, session.processor, before, after, question, min_area=session.min_area)
-    out = Path(write_answer(answer, read_rgb(after), session.output_dir(kind)))
+    out = Path(write_answer(answer, session.output_dir(kind)))
     # mask.png and overlay.png exist only when the model grounds
     names = ("overlay.png", "mask.png", "answer.json")
     return answer, {name: session.relative(out / name) for name in names if (out / name).is_file()}

@@ -120,6 +120,12 @@ def score_dataset(
         )
     except ValueError as err:  # e.g. a pair whose references hold no words
         raise DataError(root, str(err)) from None
+    return caption_report(result, dataset)
+
+
+def caption_report(result: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """``evaluate_captions``' result as ``score`` and ``evaluate`` print it: whole-split scores at the top
+    level, then accuracies, subsets, counts, ``n``, split, format and protocol."""
     subsets = {name: result[name] for name in ("change", "no_change") if result[name] is not None}
     return {
         **result["all"],
@@ -127,7 +133,7 @@ def score_dataset(
         "change_accuracy": result["change_accuracy"],
         "subsets": subsets,
         "counts": result["counts"],
-        "n": len(references),
+        "n": sum(result["counts"].values()),
         "split": dataset.split,
         "format": getattr(dataset, "name", None),
         "protocol": caption_protocol(),

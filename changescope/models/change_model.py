@@ -205,10 +205,13 @@ class ChangeModel(nn.Module):
 
     def _tokens(self, levels: list[Tensor], images: Tensor | None) -> Tensor:
         last = levels[-1].float()
-        if self.single_stream:
-            pair = torch.cat([images[:, 0], images[:, -1]], dim=1)
-            return self.encoder(last[:, 0], None, images=pair)
-        return self.encoder(last[:, 0], last[:, 1])
+        # the change encoder stays fp32 under any precision: its tokens drive greedy decoding, where bf16
+        # rounding flips word choices, and it is a small part of the work (RESULTS.md, "Precision")
+        with torch.autocast(device_type=last.device.type, enabled=False):
+            if self.single_stream:
+                pair = torch.cat([images[:, 0], images[:, -1]], dim=1).float()
+                return self.encoder(last[:, 0], None, images=pair)
+            return self.encoder(last[:, 0], last[:, 1])
 
     @_autocast
     def forward(

@@ -34,7 +34,6 @@ import torch
 from PIL import Image
 
 from changescope import __version__
-from changescope.data.imageio import read_rgb
 from changescope.errors import ChangescopeError, DataError
 from changescope.tasks.inference import Decoding, caption_pairs, shared
 
@@ -149,7 +148,7 @@ class Predictor:
         with self._inputs(before, after, names), self._lock:
             detection = detect_pair(self.model, self.processor, before, after, min_area)
         result = {**detection.result, "before": names[0], "after": names[1], "model": str(self.path)}
-        return result, overlay(read_rgb(after), detection.mask, self.classes)
+        return result, overlay(detection.image, detection.mask, self.classes)
 
     def ask(
         self, before: Path, after: Path, question: str, min_area: int, names=("before", "after")
@@ -170,7 +169,7 @@ class Predictor:
         picture = None
         if answer.mask is not None:
             mask = answer.mask.astype(np.uint8)
-            picture = overlay(read_rgb(after), mask, ["no change", "answer region"])
+            picture = overlay(answer.image, mask, ["no change", "answer region"])
         return answer.result, picture
 
 

@@ -19,8 +19,8 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from changescope.errors import ChangescopeError  # noqa: E402
+from changescope.postprocess import MIN_AREA  # noqa: E402
 from changescope.serve.service import ChatSessions, Predictor, ServiceError  # noqa: E402
-from changescope.tasks.detection import MIN_AREA  # noqa: E402
 
 # the default theme's IBM Plex fonts are served locally, but system fonts need no request at all
 THEME = gr.themes.Base(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -60,7 +60,7 @@ def _noun(name: str, n: int) -> str:
 
 
 def caption_from_mask(summary: dict[str, Any]) -> str | None:
-    """A sentence for a ``detection.summarize_mask`` result, or None when it holds no object.
+    """A sentence for a ``postprocess.summarize_mask`` result, or None when it holds no object.
 
     Classes are named largest area first (at most two); the position is the grid cell of the centre of the
     largest object's box. Binary models (class "change") say "a changed area" / "several changed areas".

@@ -9,7 +9,9 @@ exactly the connected components of the written ``mask.png``.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from changescope.metrics.grounding import label_components
-
-#: default smallest object kept, in input pixels (about a 3 x 3 blob: speckle, not a building)
-MIN_AREA = 10
+from changescope.postprocess import CONNECTIVITY, MIN_AREA, remove_small_objects, summarize_mask
 
 
 @dataclass
@@ -31,82 +30,8 @@ class Detection:
     mask: np.ndarray
     #: the JSON result: per class area / percent / objects / boxes, and the caption
     result: dict[str, Any]
-
-
-def _components(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of the 8-connected components and each component's pixel count (index 0 unused)."""
-    labels, n = label_components(binary)
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)
-
-
-def remove_small_objects(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """A copy of ``mask`` with every per-class component below ``min_area`` pixels set to 0."""
-    out = mask.copy()
-    if min_area <= 1:
-        return out
-    for cls in np.unique(mask):
-        if cls == 0:
-            continue
-        labels, sizes = _components(mask == cls)
-        small = np.flatnonzero(sizes < min_area)
-        small = small[small > 0]
-        if small.size:
-            out[np.isin(labels, small)] = 0
-    return out
-
-
-def summarize_mask(mask: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Per change class: changed pixels, percent of the image, and its objects with boxes.
-
-    Boxes are ``[x0, y0, x1, y1]`` pixel edges divided by width / height (so in [0, 1]), in raster order of
-    each object's first pixel; ``area`` is in pixels.
-    """
-    h, w = mask.shape
-    total = h * w
-    per_class: dict[str, Any] = {}
-    for cls, name in enumerate(classes):
-        if cls == 0:
-            continue
-        binary = mask == cls
-        labels, sizes = _components(binary)
-        objects = _objects(labels, sizes.size - 1, w, h)
-        pixels = int(binary.sum())
-        per_class[name] = {
-            "pixels": pixels,
-            "percent": round(100.0 * pixels / total, 4),
-            "objects": len(objects),
-            "boxes": [o["box"] for o in objects],
-            "object_areas": [o["area"] for o in objects],
-        }
-    changed = int((mask > 0).sum())
-    return {
-        "size": [w, h],
-        "classes": per_class,
-        "changed_pixels": changed,
-        "changed_percent": round(100.0 * changed / total, 4),
-        "objects": sum(c["objects"] for c in per_class.values()),
-    }
-
-
-def _objects(labels: np.ndarray, n: int, w: int, h: int) -> list[dict[str, Any]]:
-    if n == 0:
-        return []
-    ys, xs = np.nonzero(labels)
-    comp = labels[ys, xs] - 1
-    x0, y0 = np.full(n, w), np.full(n, h)
-    x1, y1 = np.full(n, -1), np.full(n, -1)
-    np.minimum.at(x0, comp, xs)
-    np.minimum.at(y0, comp, ys)
-    np.maximum.at(x1, comp, xs)
-    np.maximum.at(y1, comp, ys)
-    area = np.bincount(comp, minlength=n)
-    return [
-        {
-            "box": [round(float(v), 6) for v in (x0[i] / w, y0[i] / h, (x1[i] + 1) / w, (y1[i] + 1) / h)],
-            "area": int(area[i]),
-        }
-        for i in range(n)
-    ]
+    #: the decoded after image ``[H, W, 3]`` uint8, kept for the overlay (None: not kept)
+    image: np.ndarray | None = None
 
 
 #: an input whose GSD is within this factor of one the model was trained at is used as it is
@@ -172,6 +97,89 @@ def predict_mask(model, processor, pair: torch.Tensor, gsd: float | None = None)
     return mask_probabilities(model, processor, pair, gsd).argmax(0).to(torch.uint8).numpy()
 
 
+def after_rgb(pair: torch.Tensor) -> np.ndarray:
+    """The after image of a decoded pair (``[T, 3, H, W]`` in [0, 1], as ``read_pair`` makes it from uint8)
+    back as ``[H, W, 3]`` uint8: exactly the decoded pixels, without reading the file again."""
+    return pair[-1].mul(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def iter_detections(
+    model,
+    processor,
+    pairs: Iterable[tuple[Any, Any, Any]],
+    min_area: int = MIN_AREA,
+    decoding=None,
+    gsd: float | None = None,
+    batch_size: int | None = None,
+) -> Iterator[Detection]:
+    """A :class:`Detection` per ``(id, before, after)`` of ``pairs``, in order (images: file paths, PIL
+    images or arrays, ``imageio.as_rgb``; the id is not used here, callers zip it back).
+
+    ``batch_size`` pairs (default ``decoding.batch_size``) are decoded at a time, so memory stays flat in the
+    number of pairs. The pairs of a batch that fit the model's size (at its GSD) go through ONE forward
+    pass, which gives both their masks and the change tokens their captions are decoded from; a pair
+    larger than the model's size, or one to resample to its GSD, is mapped tile by tile at its own
+    resolution (``mask_probabilities``) and captioned whole, resized. Each detection keeps the decoded
+    after image (``image``) for its overlay.
+
+    The caption is the decoder's, unless it says "no change" while the mask holds objects; then it is
+    written from the mask (``caption_source`` says which, see ``tasks/consistency.py``)."""
+    from changescope.data.imageio import image_name
+    from changescope.tasks.consistency import reconcile
+    from changescope.tasks.inference import Decoding, caption_pairs
+
+    model.require("mask")
+    decoding = decoding or Decoding()
+    size = batch_size or decoding.batch_size
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    scale = working_scale(model, gsd)
+    classes = list(model.config.classes)
+    captions = model.decoder is not None
+    remaining = iter(pairs)
+    while chunk := list(itertools.islice(remaining, size)):
+        decoded = [processor.read_pair(before, after) for _, before, after in chunk]
+        fits = [scale == 1 and max(p.shape[-2:]) <= processor.image_size for p in decoded]
+        masks: list[np.ndarray | None] = [None] * len(chunk)
+        texts: list[str | None] = [None] * len(chunk)
+        with torch.inference_mode():
+            batch = [i for i, fit in enumerate(fits) if fit]
+            if batch:  # the common case: one forward pass gives the masks and the captions' change tokens
+                out = model(torch.stack([processor.resize(decoded[i]) for i in batch]))
+                if captions:
+                    words = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
+                for k, i in enumerate(batch):
+                    logits = processor.resize_logits(out.mask_logits[k : k + 1], tuple(decoded[i].shape[-2:]))
+                    masks[i] = logits.argmax(1)[0].to(torch.uint8).numpy()
+                    texts[i] = words[k] if captions else None
+            for i, fit in enumerate(fits):
+                if fit:
+                    continue
+                # tiles at the pair's own resolution for the mask; the whole pair, resized, for the caption
+                masks[i] = predict_mask(model, processor, decoded[i], gsd)
+                if captions:
+                    texts[i] = caption_pairs(model, processor, decoded[i][None], decoding)[0]
+        for i, (_, before, after) in enumerate(chunk):
+            mask = remove_small_objects(masks[i], min_area)
+            summary = summarize_mask(mask, classes)
+            text = reconcile(texts[i], summary)
+            result = {
+                "before": image_name(before),
+                "after": image_name(after),
+                "caption": text.caption,
+                "caption_source": text.source,
+                "model_caption": texts[i],
+                "min_area": min_area,
+                "connectivity": CONNECTIVITY,
+                "gsd": gsd,
+                "model_gsd": model.config.gsd,
+                "class_ids": dict(enumerate(model.config.classes)),
+                **summary,
+            }
+            yield Detection(mask, result, after_rgb(decoded[i]))
+        del decoded, masks
+
+
 def detect_pair(
     model,
     processor,
@@ -182,65 +190,24 @@ def detect_pair(
     gsd: float | None = None,
 ) -> Detection:
     """Detect and (if the model captions) describe the changes between two images (file paths, PIL images
-    or arrays: ``imageio.as_rgb``).
-
-    The caption is the decoder's, unless it says "no change" while the mask holds objects; then it is
-    written from the mask (``caption_source`` says which, see ``tasks/consistency.py``)."""
-    from changescope.data.imageio import image_name
-    from changescope.tasks.consistency import reconcile
-    from changescope.tasks.inference import Decoding, caption_pairs
-
-    model.require("mask")
-    pair = processor.read_pair(before, after)
-    decoding = decoding or Decoding()
-    fits = max(pair.shape[-2:]) <= processor.image_size and working_scale(model, gsd) == 1
-    with torch.inference_mode():
-        if fits:  # the common case: one forward pass gives the mask and the caption's change tokens
-            out = model(processor.resize(pair)[None])
-            logits = processor.resize_logits(out.mask_logits, tuple(pair.shape[-2:]))
-            mask = remove_small_objects(logits.argmax(1)[0].to(torch.uint8).numpy(), min_area)
-            caption = (
-                processor.decode(model.generate_from(out.memory, **decoding.kwargs()))[0]
-                if model.decoder is not None
-                else None
-            )
-        else:  # tiles at the pair's own resolution for the mask; the whole pair, resized, for the caption
-            mask = remove_small_objects(predict_mask(model, processor, pair, gsd), min_area)
-            caption = None
-            if model.decoder is not None:
-                caption = caption_pairs(model, processor, pair[None], decoding)[0]
-    summary = summarize_mask(mask, list(model.config.classes))
-    text = reconcile(caption, summary)
-    result = {
-        "before": image_name(before),
-        "after": image_name(after),
-        "caption": text.caption,
-        "caption_source": text.source,
-        "model_caption": caption,
-        "min_area": min_area,
-        "connectivity": 8,
-        "gsd": gsd,
-        "model_gsd": model.config.gsd,
-        "class_ids": dict(enumerate(model.config.classes)),
-        **summary,
-    }
-    return Detection(mask, result)
+    or arrays: ``imageio.as_rgb``): :func:`iter_detections` of one pair."""
+    pairs = [("pair", before, after)]
+    return next(iter_detections(model, processor, pairs, min_area, decoding, gsd, batch_size=1))
 
 
 def write_detection(
-    detection: Detection,
-    classes: list[str],
-    after_image: np.ndarray,
-    out: str | Path,
-    overwrite: bool = False,
+    detection: Detection, classes: list[str], out: str | Path, overwrite: bool = False
 ) -> Path:
-    """Write ``mask.png``, ``overlay.png`` and ``result.json`` as the folder ``out`` (``fileio.output_dir``:
-    built beside it and moved in whole; a non-empty ``out`` needs ``overwrite``)."""
+    """Write ``mask.png``, ``overlay.png`` (over ``detection.image``, the decoded after image) and
+    ``result.json`` as the folder ``out`` (``fileio.output_dir``: built beside it and moved in whole; a
+    non-empty ``out`` needs ``overwrite``)."""
     from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
+    if detection.image is None:
+        raise ValueError("write_detection needs the detection's after image (Detection.image)")
     images = {
         "mask.png": Image.fromarray(detection.mask, mode="L"),
-        "overlay.png": overlay(after_image, detection.mask, classes),
+        "overlay.png": overlay(detection.image, detection.mask, classes),
     }
     return write_outputs(out, images, "result.json", detection.result, overwrite)

@@ -37,6 +37,12 @@ OPEN_PROMPTS = (
 RECORDS_FILE = "records.jsonl"
 
 
+def read_target(path: str | Path) -> np.ndarray:
+    """A grounding target (PNG, first band of a colour one) as a boolean mask: non-zero is the target."""
+    values = read_array(path)
+    return (values[..., 0] if values.ndim == 3 else values) != 0
+
+
 @dataclass
 class PairQueries:
     #: (question, qtype, answer)
@@ -166,9 +172,7 @@ class WithQueries(Dataset):
         return len(self.base)
 
     def _target(self, path: Path) -> torch.Tensor:
-        values = read_array(path)
-        values = values[..., 0] if values.ndim == 3 else values
-        return self.processor.resize_mask(torch.from_numpy((values != 0).astype(np.uint8)))
+        return self.processor.resize_mask(torch.from_numpy(read_target(path).astype(np.uint8)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.base[index]

@@ -25,7 +25,7 @@ import torch
 
 from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic, write_text_atomic
-from changescope.tasks.detection import MIN_AREA
+from changescope.postprocess import MIN_AREA
 
 #: GDAL block cache for a scene run, in MB: enough for a few rows of 256 x 256 blocks of A, B and the output
 GDAL_CACHE_MB = 64
@@ -55,7 +55,7 @@ class SceneOptions:
     #: beam size of the captions
     beam: int = 1
     device: str = "cpu"
-    #: inference autocast: "fp32", "bf16" or "fp16" (None: the default, tasks.inference.DEFAULT_PRECISION)
+    #: inference autocast: "fp32", "bf16" or "fp16" (None: tasks.inference.default_precision())
     precision: str | None = None
     #: metres per pixel of the scenes (None: from A's georeference); far from the model's GSD, tiles are
     #: read larger or smaller so the model sees its own GSD

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,193 +50,28 @@ from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
 from changescope.tasks.data import binary_remap, binary_target, caption_loader
 from changescope.tasks.queries import OPEN, attach, open_pairs
+from changescope.tasks.train_options import (  # noqa: F401 (re-exported: tests and callers import them here)
+    CAPTION_MONITORS,
+    FREEZABLE,
+    GROUNDING_MONITORS,
+    MASK_MONITORS,
+    METRIC_TASK,
+    MONITORS,
+    PRIMARY,
+    TASKS,
+    VQA_MONITORS,
+    TrainOptions,
+    _gsd_list,
+    default_monitor,
+    parse_freeze,
+    parse_monitor,
+    parse_tasks,
+)
 
 pl = require("lightning.pytorch", "train", "training")
 
-CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
-MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg", "change_F1", "change_IoU", "change_F1_cal")
 #: bins of the change-probability histograms that calibrate the change threshold
 THRESHOLD_BINS = 50
-VQA_MONITORS = ("vqa_OA", "vqa_AA")
-GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
-#: metric -> the task that produces it
-METRIC_TASK = {
-    **{m: "caption" for m in CAPTION_MONITORS},
-    **{m: "mask" for m in MASK_MONITORS},
-    **{m: "vqa" for m in VQA_MONITORS},
-    **{m: "grounding" for m in GROUNDING_MONITORS},
-}
-MONITORS = tuple(METRIC_TASK)
-PRIMARY = {"caption": "CIDEr-D", "mask": "mIoU_no_bg", "vqa": "vqa_OA", "grounding": "grounding_mIoU"}
-TASKS = tuple(PRIMARY)
-
-
-def parse_tasks(value: str | None) -> tuple[str, ...] | None:
-    """``"caption,mask"`` -> ``("caption", "mask")``; None stays None (the default for preset and data)."""
-    if value is None:
-        return None
-    tasks = tuple(t.strip() for t in value.replace("+", ",").split(",") if t.strip())
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise ChangescopeError(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}; got {value!r}")
-    return tuple(t for t in TASKS if t in tasks)
-
-
-#: --freeze name -> the ChangeModel submodules it fixes
-FREEZABLE = {
-    "backbone": ("backbone",),
-    "encoder": ("encoder",),
-    "decoder": ("decoder",),
-    "mask_head": ("mask_head",),
-    "change_head": ("change_head",),
-    "questions": ("question_encoder", "fusion", "answer_head"),
-    "grounding": ("grounding_head",),
-}
-
-
-def parse_freeze(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if value.strip() == "none":
-        return ()
-    parts = tuple(p.strip() for p in value.split(",") if p.strip())
-    bad = [p for p in parts if p not in FREEZABLE]
-    if bad or not parts:
-        raise ChangescopeError(
-            f"--freeze takes 'none' or a comma-separated subset of {', '.join(FREEZABLE)}; got {value!r}"
-        )
-    return parts
-
-
-def default_monitor(tasks: tuple[str, ...]) -> str:
-    return "+".join(PRIMARY[t] for t in tasks)
-
-
-def parse_monitor(monitor: str) -> list[str]:
-    """A metric, or a sum of metrics joined by '+' (``CIDEr-D+mIoU_no_bg``)."""
-    parts = monitor.split("+")
-    bad = [p for p in parts if p not in METRIC_TASK]
-    if bad:
-        raise ChangescopeError(
-            f"--monitor takes one of {', '.join(MONITORS)} or a sum of them joined by '+'; got {monitor!r}"
-        )
-    return parts
-
-
-@dataclass
-class TrainOptions:
-    data: str = ""
-    out: str = ""
-    preset: str = "lite"
-    format: str | None = None
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 2e-4
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 0.01
-    min_freq: int = 5
-    image_size: int | None = None
-    pretrained: bool | None = None
-    seed: int = 0
-    patience: int = 5
-    #: None: CIDEr-D for captions, mIoU_no_bg for masks, their sum for both
-    monitor: str | None = None
-    #: "caption", "mask" or "caption,mask"; None: both when the preset has a mask head and the data masks
-    tasks: str | None = None
-    mask_weight: float = 1.0
-    dice_weight: float = 1.0
-    vqa_weight: float = 1.0
-    grounding_weight: float = 1.0
-    #: weight of the free-form (caption decoder) answer loss within the vqa loss
-    free_form_weight: float = 0.5
-    #: questions drawn per pair per visit in training
-    questions_per_pair: int = 3
-    #: metres per pixel of the training imagery (one or several), recorded in the model's config
-    #: (None: the init model's)
-    gsd: list[float] | None = None
-    #: "minilm" or "words": overrides the preset's question encoder
-    question_encoder: str | None = None
-    #: a saved model to start from (weights whose names and shapes match)
-    init: str | None = None
-    num_workers: int = 0
-    limit_pairs: int | None = None
-    #: precompute frozen backbone features once (ignored when the backbone trains)
-    cache_features: bool = True
-    #: parts kept fixed: a comma-separated subset of FREEZABLE, "none", or None (automatic: with --init,
-    #: the change encoder when the init model has heads this run does not train, so they keep their inputs)
-    freeze: str | None = None
-    #: random quarter turns and mirrors of cached features and masks in mask-only training
-    augment: bool = True
-    accelerator: str = "auto"
-    devices: int = 1
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any], source: str | Path | None = None) -> TrainOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DataError(source, f"unknown training options {unknown} (known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    def validate(self) -> None:
-        """Check every option before anything is read or written (flags and --config YAML alike)."""
-        from changescope.models.presets import PRESETS
-
-        if not self.data or not self.out:
-            raise ChangescopeError("training needs --data and --out")
-        self._check_types()
-        data, out = Path(self.data), Path(self.out)
-        if not data.exists():
-            raise DataError(data, "training data not found (a dataset folder or a mix file)")
-        if data.is_file() and data.suffix.lower() not in (".yaml", ".yml", ".json"):
-            raise DataError(data, "not a dataset folder or a mix file (.yaml / .yml / .json)")
-        if out.exists() and not out.is_dir():
-            raise DataError(out, "is a file; --out takes a run folder")
-        if self.preset not in PRESETS:
-            raise ChangescopeError(f"--preset: unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
-        if self.question_encoder not in (None, "minilm", "words"):
-            raise ChangescopeError(f"--question-encoder takes minilm or words, got '{self.question_encoder}'")
-        if self.init not in (None, "default") and not Path(self.init).exists():
-            raise DataError(self.init, "--init model not found")
-        parse_tasks(self.tasks)
-        parse_freeze(self.freeze)
-        if self.monitor is not None:
-            parse_monitor(self.monitor)
-        if self.gsd is not None:
-            _gsd_list(self.gsd)
-        for name in ("epochs", "batch_size", "min_freq", "devices", "questions_per_pair"):
-            if getattr(self, name) < 1:
-                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "patience", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("mask_weight", "dice_weight", "vqa_weight", "grounding_weight", "free_form_weight",
-                     "backbone_lr_scale", "weight_decay"):  # fmt: skip
-            if not getattr(self, name) >= 0:
-                raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ChangescopeError(f"--lr must be a positive number, got {self.lr}")
-        if self.image_size is not None and self.image_size < 32:
-            raise ChangescopeError(f"--image-size must be >= 32 pixels, got {self.image_size}")
-        if self.limit_pairs is not None and self.limit_pairs < 1:
-            raise ChangescopeError(f"--limit-pairs must be >= 1, got {self.limit_pairs}")
-
-    def _check_types(self) -> None:
-        """Values from a YAML config arrive untyped: refuse ``epochs: two`` here, not as a traceback later."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = str(f.type)
-            if value is None or f.name in ("gsd", "overrides"):
-                continue
-            if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes a whole number, got {value!r}")
-            if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes a number, got {value!r}")
-            if kind.startswith("str") and not isinstance(value, str):
-                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes text, got {value!r}")
-            if kind.startswith("bool") and not isinstance(value, bool):
-                raise ChangescopeError(f"--{f.name.replace('_', '-')} takes true or false, got {value!r}")
 
 
 class ChangeTask(pl.LightningModule):
@@ -252,18 +87,11 @@ class ChangeTask(pl.LightningModule):
         max_len = int(config.decoder_kwargs.get("max_len", 42))
         self.processor = ChangeProcessor(vocab, config.image_size, max_len)
         self.options, self.no_change = options, no_change
-        self._predictions: dict[str, str] = {}
-        self._references: dict[str, list[str]] = {}
-        self._changed: dict[str, bool] = {}
-        self._confusion = None
-        self._answers: dict[tuple, tuple[str, str, str]] = {}  # (pair id, k) -> (predicted, truth, type)
-        self._ious: list[tuple[float, int, int]] = []  # (IoU, intersection, union) per grounding query
+        self._reset_validation()
         self._train_losses: list[torch.Tensor] = []
         self.tasks = tuple(parse_tasks(options.tasks) or self.model.tasks)
         self._answer_ids = {a: i for i, a in enumerate(config.answers)}
         self._type_ids = {t: i for i, t in enumerate(config.qtypes)}
-        self._binary_confusion = None
-        self._histograms = None  # change probabilities of changed / unchanged validation pixels
         #: the change threshold that maximised the last validation's change F1
         self.calibrated_threshold: float | None = None
         self.frozen: tuple[str, ...] = ()
@@ -347,52 +175,50 @@ class ChangeTask(pl.LightningModule):
             loss = loss + self.options.free_form_weight * self.model.decoder.loss(memory, tokens, mask)
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def _reset_validation(self) -> None:
+        """Fresh accumulators (``metrics.accumulators``, the ones ``changescope evaluate`` scores with)."""
+        from changescope.metrics.accumulators import (
+            CaptionAccumulator,
+            GroundingAccumulator,
+            VQAAccumulator,
+        )
         from changescope.metrics.segmentation import ConfusionMatrix
 
+        self._captions = CaptionAccumulator(self.no_change)
+        self._answers = VQAAccumulator()
+        self._grounding = GroundingAccumulator()
+        classes = self.model.config.classes
+        self._confusion = ConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX) if classes else None
+        self._binary_confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
+        self._histograms = None  # change probabilities of changed / unchanged validation pixels
+
+    def validation_step(self, batch, batch_idx):
         out = self._forward(batch)
         device = out.memory.device
         if "vqa" in self.tasks and batch["questions"]:
             query = self.model.read_queries(out.memory, batch["questions"], batch["q_pair"].to(device))
             _, answers, _ = self.model.pick_answers(*self.model.answer_logits(query))
             seen: dict[int, int] = {}
-            for pair, answer, truth, qtype in zip(
-                batch["q_pair"].tolist(), answers.tolist(), batch["answers"], batch["qtypes"], strict=True
-            ):
-                k = seen[pair] = seen.get(pair, -1) + 1
-                text = self.model.config.answers[answer] if answer >= 0 else ""
-                self._answers[(batch["id"][pair], k)] = (text, truth, qtype)
+            keys = []
+            for pair in batch["q_pair"].tolist():
+                seen[pair] = seen.get(pair, -1) + 1
+                keys.append((batch["id"][pair], seen[pair]))
+            predicted = [self.model.config.answers[a] if a >= 0 else None for a in answers.tolist()]
+            self._answers.update(keys, predicted, batch["answers"], batch["qtypes"])
         if "grounding" in self.tasks and batch["g_queries"]:
             query = self.model.read_queries(out.memory, batch["g_queries"], batch["g_pair"].to(device))
+            # at the model's size: targets were resized (nearest) to it so that they batch
             pred = self.model.ground(out, query, batch["g_masks"].shape[-2:]) > 0
-            target = batch["g_masks"].to(device).bool()
-            inter = (pred & target).flatten(1).sum(1).tolist()
-            union = (pred | target).flatten(1).sum(1).tolist()
-            self._ious += [(i / u if u else 1.0, i, u) for i, u in zip(inter, union, strict=True)]
+            self._grounding.update(pred, batch["g_masks"].to(device))
         if "mask" in self.tasks and out.mask_logits is not None:
-            if self._confusion is None:
-                self._confusion = ConfusionMatrix(len(self.model.config.classes), ignore_index=IGNORE_INDEX)
-                self._binary_confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
             pred, target = out.mask_logits.argmax(1), batch["mask"]
             self._confusion.update(pred, target.masked_fill(target == UNKNOWN_CHANGE, IGNORE_INDEX))
             self._binary_confusion.update(pred > 0, binary_target(target))
             if out.change_logit is not None:
                 self._update_histograms(out.change_logit, binary_target(target))
-        if "caption" not in self.tasks:
-            return
-        sequences = self.model.decoder.generate(out.memory, beam_size=1)
-        for pair_id, text, refs, changed in zip(
-            batch["id"],
-            self.processor.decode(sequences),
-            batch["captions"],
-            batch["changed"].tolist(),
-            strict=True,
-        ):
-            self._predictions[pair_id], self._references[pair_id], self._changed[pair_id] = (
-                text,
-                refs,
-                changed,
-            )
+        if "caption" in self.tasks:
+            texts = self.processor.decode(self.model.decoder.generate(out.memory, beam_size=1))
+            self._captions.update(batch["id"], texts, batch["captions"], batch["changed"].tolist())
 
     def _update_histograms(self, change_logit, target) -> None:
         if self._histograms is None:
@@ -415,27 +241,26 @@ class ChangeTask(pl.LightningModule):
         return best / THRESHOLD_BINS, float(f1[best])
 
     def _gather_validation(self) -> None:
-        """Under DDP each rank saw a shard of the validation split: merge every rank's captions and
-        confusion matrix so that all ranks score the whole split identically (and early stopping agrees).
-        DistributedSampler pads a shard by repeating pairs: captions are keyed by id, so a repeat counts
-        once, but its pixels count twice in the confusion matrix (at most world_size - 1 pairs)."""
+        """Under DDP each rank saw a shard of the validation split: merge every rank's accumulators so
+        that all ranks score the whole split identically (and early stopping agrees). DistributedSampler
+        pads a shard by repeating pairs: captions and answers are keyed by id, so a repeat counts once, but
+        its pixels count twice in the confusion matrices and grounding sums (at most world_size - 1
+        pairs)."""
         import torch.distributed as dist
 
         if self.trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
             return
         shards: list = [None] * dist.get_world_size()
-        state = (self._predictions, self._references, self._changed, self._answers, self._ious)
-        dist.all_gather_object(shards, state)
-        self._ious = []
-        for predictions, references, changed, answers, ious in shards:
-            self._predictions.update(predictions)
-            self._references.update(references)
-            self._changed.update(changed)
-            self._answers.update(answers)
-            self._ious += ious
-        if self._confusion is not None:
-            dist.all_reduce(self._confusion.matrix)
-            dist.all_reduce(self._binary_confusion.matrix)
+        dist.all_gather_object(shards, (self._captions, self._answers, self._grounding))
+        rank = dist.get_rank()
+        for index, (captions, answers, grounding) in enumerate(shards):
+            if index != rank:
+                self._captions.merge(captions)
+                self._answers.merge(answers)
+                self._grounding.merge(grounding)
+        for confusion in (self._confusion, self._binary_confusion):
+            if confusion is not None:
+                dist.all_reduce(confusion.matrix)
         if self._histograms is not None:
             dist.all_reduce(self._histograms)
 
@@ -446,35 +271,24 @@ class ChangeTask(pl.LightningModule):
             self.log("train/loss_epoch", torch.stack(self._train_losses).mean())
             self._train_losses = []
         values: dict[str, float] = {}
-        if self._predictions:
+        if len(self._captions):
             values.update(self._caption_scores())
-        if self._confusion is not None:
+        if "mask" in self.tasks and self._confusion is not None and self._confusion.matrix.sum() > 0:
             scores = self._confusion.compute(self.model.config.classes)
             values.update({k: float(scores[k]) for k in MASK_MONITORS if scores.get(k) is not None})
             binary = self._binary_confusion.compute(BINARY_CLASSES)
             for key, name in (("change_F1", "F1"), ("change_IoU", "IoU")):
                 values[key] = float(binary["per_class"]["change"][name] or 0.0)
-            self._confusion = self._binary_confusion = None
         if self._histograms is not None:
             self.calibrated_threshold, values["change_F1_cal"] = self._calibrate()
             values["change_threshold"] = self.calibrated_threshold
-            self._histograms = None
-        if self._answers:
-            from changescope.metrics.vqa import vqa_scores
-
-            rows = self._answers
-            scores = vqa_scores(
-                {k: r[0] for k, r in rows.items()},
-                {k: r[1] for k, r in rows.items()},
-                {k: r[2] for k, r in rows.items()},
-            )
+        if len(self._answers):
+            scores = self._answers.compute()
             values["vqa_OA"], values["vqa_AA"] = scores["OA"], scores["AA"]
-            self._answers = {}
-        if self._ious:
-            values["grounding_mIoU"] = sum(r[0] for r in self._ious) / len(self._ious)
-            union = sum(r[2] for r in self._ious)
-            values["grounding_cIoU"] = sum(r[1] for r in self._ious) / union if union else 1.0
-            self._ious = []
+        if len(self._grounding):
+            scores = self._grounding.compute()
+            values["grounding_mIoU"], values["grounding_cIoU"] = scores["mIoU"], scores["cIoU"]
+        self._reset_validation()
         monitor = self.options.monitor or ""
         if "+" in monitor and all(part in values for part in monitor.split("+")):
             values[monitor] = sum(values[part] for part in monitor.split("+"))
@@ -485,16 +299,11 @@ class ChangeTask(pl.LightningModule):
             self.log(f"val/{key}", value, prog_bar=bar, sync_dist=distributed)
 
     def _caption_scores(self) -> dict[str, float]:
-        from changescope.metrics.captions import evaluate_captions
-
-        result = evaluate_captions(
-            self._predictions, self._references, self._changed, self.no_change, meteor=False
-        )
+        result = self._captions.compute(meteor=False)
         # S*m without METEOR is not the papers' S*m; it is not logged during training
         values = {key: float(result["all"][key]) for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D")}
         if result.get("no_change_accuracy") is not None:
             values["no_change_accuracy"] = float(result["no_change_accuracy"])
-        self._predictions, self._references, self._changed = {}, {}, {}
         return values
 
     def configure_optimizers(self):
@@ -734,17 +543,6 @@ def _keep_init_heads(
 def _unknown_changes(dataset, config: ModelConfig) -> bool:
     """Whether the training data holds changes of unknown class for this model (binary labels)."""
     return any(getattr(dataset, "remaps", ())) or binary_remap(dataset.classes, config.classes)
-
-
-def _gsd_list(value) -> list[float]:
-    values = [value] if isinstance(value, (int, float, str)) else list(value)
-    try:
-        out = sorted(float(v) for v in values)
-    except ValueError:
-        raise ChangescopeError(f"--gsd takes metres per pixel (numbers), got {value!r}") from None
-    if not out or out[0] <= 0:
-        raise ChangescopeError(f"--gsd must be positive, got {value!r}")
-    return out
 
 
 def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str, ...]) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ means "no such change".
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,9 @@ import torch
 from PIL import Image
 
 from changescope.errors import ChangescopeError
-from changescope.metrics.grounding import boxes_from_mask
 from changescope.models.question_encoder import MAX_QUESTION_CHARS
-from changescope.tasks.detection import MIN_AREA, remove_small_objects
-from changescope.tasks.queries import OPEN, attach
+from changescope.postprocess import MIN_AREA, boxes_from_mask, remove_small_objects, summarize_mask
+from changescope.tasks.queries import OPEN
 
 #: a closed answer less confident than this is replaced by the free-form one (when the model captions)
 FREE_FORM_BELOW = 0.35
@@ -57,6 +58,8 @@ class Answer:
     mask: np.ndarray | None
     #: question, answer, type, free_form, confidence, closed_answer, number, grounding
     result: dict[str, Any]
+    #: the decoded after image ``[H, W, 3]`` uint8, kept for the overlay (None: not kept)
+    image: np.ndarray | None = None
 
 
 def _closed(model, query) -> list[tuple[str, str | None, float]]:
@@ -79,13 +82,12 @@ def _number(text: str) -> int | None:
     return int(words[0]) if len(words) == 1 and words[0].isdigit() else None
 
 
-def _agree_with_mask(model, out, result: dict[str, Any], min_area: int) -> dict[str, Any]:
+def _agree_with_mask(model, out, result: dict[str, Any], min_area: int, index: int = 0) -> dict[str, Any]:
     """The answer, unless it denies a change that the model's own mask shows (``tasks/consistency.py``):
     "no" to whether anything changed becomes "yes", a free-form "no change" the mask's sentence."""
     from changescope.tasks.consistency import caption_from_mask, says_no_change
-    from changescope.tasks.detection import summarize_mask
 
-    mask = out.mask_logits[0].argmax(0).to(torch.uint8).numpy()
+    mask = out.mask_logits[index].argmax(0).to(torch.uint8).numpy()
     summary = summarize_mask(remove_small_objects(mask, min_area), list(model.config.classes))
     update: dict[str, Any] = {"answer_source": "model"}
     if summary["objects"] == 0:
@@ -98,117 +100,102 @@ def _agree_with_mask(model, out, result: dict[str, Any], min_area: int) -> dict[
     return update
 
 
+def iter_answers(
+    model,
+    processor,
+    pairs: Iterable[tuple[Any, Any, Any]],
+    question: str,
+    min_area: int = MIN_AREA,
+    batch_size: int = 16,
+) -> Iterator[Answer]:
+    """An :class:`Answer` to ``question`` per ``(id, before, after)`` of ``pairs``, in order (images: file
+    paths, PIL images or arrays; the id is not used here, callers zip it back).
+
+    Batched: ``batch_size`` pairs are decoded at a time (memory stays flat in the number of pairs) and go
+    through ONE forward pass; the question is read once per pair of the batch, the closed answers, the
+    free-form ones (for the rows that need one) and the grounding maps come from that pass. Each answer
+    keeps the decoded after image (``image``) for its overlay."""
+    from changescope.models.change_model import QueryOutput
+    from changescope.tasks.detection import after_rgb
+
+    if "vqa" not in model.tasks and "grounding" not in model.tasks:
+        model.require("vqa")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    question = check_question(question)
+    grounds = "grounding" in model.tasks
+    has_mask = "mask" in model.tasks
+    remaining = iter(pairs)
+    while chunk := list(itertools.islice(remaining, batch_size)):
+        decoded = [processor.read_pair(before, after) for _, before, after in chunk]
+        results: list[dict[str, Any]] = [{"question": question} for _ in chunk]
+        masks: list[np.ndarray | None] = [None] * len(chunk)
+        with torch.inference_mode():
+            images = torch.stack([processor.resize(pair) for pair in decoded])
+            out = model(images, masks=has_mask, pixels=grounds)
+            query = model.read_queries(out.memory, [question] * len(chunk), torch.arange(len(chunk)))
+            if "vqa" in model.tasks:
+                closed = _closed(model, query)
+                free = [
+                    model.decoder is not None
+                    and (qtype == OPEN or answer is None or confidence < FREE_FORM_BELOW)
+                    for qtype, answer, confidence in closed
+                ]
+                rows = [i for i, f in enumerate(free) if f]
+                texts: dict[int, str] = {}
+                if rows:  # free-form answers for the rows that need one, decoded together
+                    index = torch.tensor(rows)
+                    sub = QueryOutput(query.tokens[index], query.pad[index], query.pooled[index], index)
+                    texts = dict(zip(rows, _free_form(model, processor, out.memory, sub), strict=True))
+                for i, (qtype, answer, confidence) in enumerate(closed):
+                    text = texts[i] if free[i] else answer
+                    results[i].update(
+                        answer=text,
+                        type=qtype,
+                        free_form=free[i],
+                        confidence=round(confidence, 4),
+                        closed_answer=answer,
+                        number=_number(text or "") if qtype == "count" else None,
+                    )
+                    if has_mask:
+                        results[i].update(_agree_with_mask(model, out, results[i], min_area, i))
+            if grounds:
+                logits = model.ground(out, query, (processor.image_size,) * 2)
+                for i, pair in enumerate(decoded):
+                    up = processor.resize_logits(logits[i : i + 1, None], pair.shape[-2:])[0, 0]
+                    mask = remove_small_objects((up > 0).numpy().astype(np.uint8), min_area) != 0
+                    masks[i] = mask
+                    results[i]["grounding"] = {
+                        "pixels": int(mask.sum()),
+                        "percent": round(100.0 * float(mask.mean()), 4),
+                        "boxes": [[round(v, 6) for v in box] for box in boxes_from_mask(mask)],
+                        "empty": not bool(mask.any()),
+                        "min_area": min_area,
+                    }
+        for i, pair in enumerate(decoded):
+            yield Answer(masks[i], results[i], after_rgb(pair))
+        del decoded, masks
+
+
 def ask_pair(
     model, processor, before: str | Path, after: str | Path, question: str, min_area: int = MIN_AREA
 ) -> Answer:
-    """Answer ``question`` about the pair of image files and ground it."""
-    if "vqa" not in model.tasks and "grounding" not in model.tasks:
-        model.require("vqa")
-    question = check_question(question)
-    pair = processor.read_pair(before, after)
-    grounds = "grounding" in model.tasks
-    with torch.inference_mode():
-        has_mask = "mask" in model.tasks
-        out = model(processor.resize(pair)[None], masks=has_mask, pixels=grounds)
-        query = model.read_queries(out.memory, [question], torch.zeros(1, dtype=torch.long))
-        result: dict[str, Any] = {"question": question}
-        if "vqa" in model.tasks:
-            qtype, closed, confidence = _closed(model, query)[0]
-            free = model.decoder is not None and (
-                qtype == OPEN or closed is None or confidence < FREE_FORM_BELOW
-            )
-            answer = _free_form(model, processor, out.memory, query)[0] if free else closed
-            result.update(
-                answer=answer,
-                type=qtype,
-                free_form=free,
-                confidence=round(confidence, 4),
-                closed_answer=closed,
-                number=_number(answer or "") if qtype == "count" else None,
-            )
-            if has_mask:
-                result.update(_agree_with_mask(model, out, result, min_area))
-        mask = None
-        if grounds:
-            logits = model.ground(out, query, (processor.image_size,) * 2)
-            logits = processor.resize_logits(logits[:, None], pair.shape[-2:])[0, 0]
-            mask = remove_small_objects((logits > 0).numpy().astype(np.uint8), min_area) != 0
-            result["grounding"] = {
-                "pixels": int(mask.sum()),
-                "percent": round(100.0 * float(mask.mean()), 4),
-                "boxes": [[round(v, 6) for v in box] for box in boxes_from_mask(mask)],
-                "empty": not bool(mask.any()),
-                "min_area": min_area,
-            }
-    return Answer(mask, result)
+    """Answer ``question`` about the pair of images and ground it: :func:`iter_answers` of one pair."""
+    return next(iter_answers(model, processor, [("pair", before, after)], question, min_area, batch_size=1))
 
 
-def write_answer(answer: Answer, after_image: np.ndarray, out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``mask.png`` (0 / 255), ``overlay.png`` and ``answer.json`` as the folder ``out``
-    (``fileio.output_dir``: built beside it and moved in whole; a non-empty ``out`` needs ``overwrite``)."""
+def write_answer(answer: Answer, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``mask.png`` (0 / 255), ``overlay.png`` (over ``answer.image``, the decoded after image) and
+    ``answer.json`` as the folder ``out`` (``fileio.output_dir``: built beside it and moved in whole; a
+    non-empty ``out`` needs ``overwrite``)."""
     from changescope.fileio import write_outputs
     from changescope.overlay import overlay
 
     images = {}
     if answer.mask is not None:
+        if answer.image is None:
+            raise ValueError("write_answer needs the answer's after image (Answer.image) for the overlay")
         mask = answer.mask.astype(np.uint8)
         images["mask.png"] = Image.fromarray(mask * np.uint8(255), mode="L")
-        images["overlay.png"] = overlay(after_image, mask, ["background", "answer"])
+        images["overlay.png"] = overlay(answer.image, mask, ["background", "answer"])
     return write_outputs(out, images, "answer.json", answer.result, overwrite)
-
-
-# -- a whole split ------------------------------------------------------------------------------------
-
-
-def score_queries(model, processor, dataset, records, batch_size: int = 16) -> dict[str, Any]:
-    """Answer every question and ground every query of a split's records; scores as ``evaluate`` reports
-    them: ``vqa`` (OA, AA, per_type; closed answers, as CDVQA scores) and ``grounding`` (mIoU, cIoU, at
-    each target's own size)."""
-    from changescope.metrics.grounding import grounding_scores
-    from changescope.metrics.vqa import vqa_scores
-    from changescope.tasks.queries import PairQueries, WithQueries
-
-    tasks = [t for t in ("vqa", "grounding") if t in model.tasks and any(r.task == t for r in records)]
-    queries = attach(dataset.entries, [r for r in records if r.task in tasks], "records")
-    # grounding targets are read below at their own size, not resized by WithQueries
-    items = WithQueries(dataset, [PairQueries(q.vqa, []) for q in queries], processor, train=False)
-    predicted, truth, qtypes, pred_masks, target_masks = {}, {}, {}, [], []
-    with torch.inference_mode():
-        for start in range(0, len(items), batch_size):
-            batch = [items[i] for i in range(start, min(start + batch_size, len(items)))]
-            images = torch.stack([processor.resize(item["image"]) for item in batch])
-            out = model(images, masks=False, pixels="grounding" in tasks)
-            if "vqa" in tasks:
-                rows = [(i, q) for i, item in enumerate(batch) for q in item["vqa"]]
-                if rows:
-                    index = torch.tensor([i for i, _ in rows])
-                    query = model.read_queries(out.memory, [q[0] for _, q in rows], index)
-                    for k, ((i, (_, qtype, answer)), (_, closed, _)) in enumerate(
-                        zip(rows, _closed(model, query), strict=True)
-                    ):
-                        key = f"{batch[i]['id']}#{k}"
-                        predicted[key], truth[key], qtypes[key] = closed or "", answer, qtype
-            if "grounding" in tasks:
-                rows = [(i, q) for i, item in enumerate(batch) for q in queries[start + i].grounding]
-                if rows:
-                    index = torch.tensor([i for i, _ in rows])
-                    query = model.read_queries(out.memory, [q for _, (q, _) in rows], index)
-                    logits = model.ground(out, query, (processor.image_size,) * 2)
-                    for (_, (_, path)), row in zip(rows, logits, strict=True):
-                        target = _read_target(path)
-                        pred = processor.resize_logits(row[None, None], target.shape)[0, 0] > 0
-                        pred_masks.append(pred.numpy())
-                        target_masks.append(target)
-    result: dict[str, Any] = {}
-    if predicted:
-        result["vqa"] = vqa_scores(predicted, truth, qtypes)
-    if target_masks:
-        result["grounding"] = grounding_scores(pred_masks, target_masks)
-    return result
-
-
-def _read_target(path: Path) -> np.ndarray:
-    from changescope.data.imageio import read_array
-
-    values = read_array(path)
-    return (values[..., 0] if values.ndim == 3 else values) != 0
