@@ -331,7 +331,13 @@ def evaluate(
     per question type; grounding queries by mIoU and cIoU.
     """
     from changescope.fileio import write_json_atomic
-    from changescope.metrics.table import caption_table, detection_table, grounding_line, vqa_table
+    from changescope.metrics.table import (
+        caption_table,
+        detection_table,
+        grounding_line,
+        retrieval_table,
+        vqa_table,
+    )
     from changescope.tasks.evaluation import evaluate as run_evaluation
     from changescope.tasks.inference import Decoding
 
@@ -360,6 +366,9 @@ def evaluate(
             typer.echo(vqa_table(result["vqa"]))
         if "grounding" in result:
             typer.echo("\n" + grounding_line(result["grounding"]))
+        if "retrieval" in result:
+            typer.echo(f"\ntext <-> pair retrieval, split '{result['split']}' (percent):")
+            typer.echo(retrieval_table(result["retrieval"]))
         vocab = (result["vocab_sha256"] or "none")[:12]
         typer.echo(
             f"model {result['model']} ({result['preset']}), decoding {json.dumps(result['decoding'])}, "
@@ -838,6 +847,230 @@ def scene(
     )
 
 
+def _check_retrieval_model(spec: str | Path) -> None:
+    """The model is a saved model (``_check_model``) with a retrieval head: read from its config.json, so
+    a model that cannot embed pairs is refused before any weights are loaded."""
+    from changescope.errors import DataError
+    from changescope.tasks.inference import resolve_model
+
+    _check_model(spec)
+    path = resolve_model(spec)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(path / "config.json", f"unreadable ({err})") from None
+    if not isinstance(config, dict) or not config.get("retrieval_dim"):
+        raise DataError(
+            path, "this model has no retrieval head: index and search need one (train with --tasks retrieval)"
+        )
+
+
+def _check_index(path: Path) -> None:
+    """An index folder written by ``changescope index`` (its index.json; the rest is read by PairIndex)."""
+    from changescope.errors import DataError
+
+    _input_dir(path, "index")
+    if not (path / "index.json").is_file():
+        raise DataError(path, "not a search index (no index.json): build one with 'changescope index'")
+
+
+def _check_index_out(out: Path) -> None:
+    """``index --out``: a new or empty folder, or an earlier index (its index.json); checked before work."""
+    from changescope.errors import DataError
+
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file; --out takes a folder (the index)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise DataError(out, "exists and is not an index (no index.json): give a new or empty folder")
+
+
+@app.command()
+def index(
+    paths: list[str] = typer.Argument(
+        ...,
+        help="[MODEL] SOURCE: a folder with A/ and B/, a .csv / .jsonl manifest or a dataset directory; or "
+        "[MODEL] A.tif B.tif: two co-registered scenes, indexed tile by tile (MODEL defaults to 'default').",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="The index folder: new, empty, or an earlier index (then only new ids are added)."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Of a dataset directory: the split to index (default: every split present)."
+    ),
+    format: str | None = typer.Option(None, "--format", help="Dataset format; detected when omitted."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pairs (or tiles) per forward pass."),
+    tile: int | None = typer.Option(
+        None, "--tile", help="Scene pair: tile size in A's pixels (default 256), one index row per tile."
+    ),
+    precision: str | None = _precision_option(),
+) -> None:
+    """Embed image pairs with a model's retrieval head into a search index (see `changescope search`).
+
+    Rerunning on the same --out adds only the pairs whose ids the index does not hold yet. Ids are a
+    folder's file stems, a manifest's id column (else the after file's stem), or split/id for a dataset.
+    A scene pair is cut into --tile x --tile tiles on A's grid (B resampled onto it when the grids differ,
+    one stretch for both dates, as `changescope scene` reads them); each tile is a row with id
+    tile_<row>_<col>, its window (x, y, w, h in A's pixels), its footprint (a GeoJSON Polygon in lon/lat,
+    when the scenes are georeferenced) and the scene paths. An index holds the tiles of one scene pair.
+    """
+    _check_precision(precision)
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}")
+    if not 1 <= len(paths) <= 3:
+        raise typer.BadParameter("give SOURCE or A.tif B.tif, optionally after MODEL")
+    model_spec, inputs = _split_model_arg(paths)
+    if len(inputs) == 2:
+        if split is not None or format is not None:
+            option = "--split" if split is not None else "--format"
+            raise typer.BadParameter(f"{option} is for a dataset directory, not a scene pair")
+        tile = 256 if tile is None else tile
+        if tile < 32:
+            raise typer.BadParameter(f"--tile must be >= 32, got {tile}")
+        _index_scene(model_spec, inputs, out, tile, batch_size, precision)
+        return
+    if tile is not None:
+        raise typer.BadParameter("--tile is for a scene pair (A.tif B.tif), not a folder or manifest")
+    from changescope.errors import require_all
+
+    require_all(("faiss",), "search", "changescope index")
+    from rich.progress import Progress
+
+    from changescope.tasks.pairs import check_pair_files
+    from changescope.tasks.search import build_index, source_pairs
+
+    _check_index_out(out)
+    rows = source_pairs(Path(inputs[0]), split, format)  # lists files, reads no image
+    _check_retrieval_model(model_spec)
+    check_pair_files([(r["id"], Path(r["before"]), Path(r["after"])) for r in rows])  # headers only
+    with Progress(transient=True) as progress:
+        task = progress.add_task("embedding pairs", total=None)
+        summary = build_index(
+            model_spec,
+            rows,
+            out,
+            batch_size,
+            precision,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    _report_index(summary, "pairs")
+
+
+def _index_scene(
+    model_spec: str, inputs: list[str], out: Path, tile: int, batch_size: int, precision
+) -> None:
+    from changescope.errors import require_all
+
+    require_all(("rasterio", "shapely", "pyproj"), "geo", "changescope index A.tif B.tif")
+    require_all(("faiss",), "search", "changescope index")
+    from rich.progress import Progress
+
+    from changescope.tasks.scene_index import build_scene_index
+
+    before, after = _input_file(Path(inputs[0]), "scene"), _input_file(Path(inputs[1]), "scene")
+    _check_index_out(out)
+    _check_retrieval_model(model_spec)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("embedding tiles", total=None)
+        summary = build_scene_index(
+            model_spec,
+            before,
+            after,
+            out,
+            tile=tile,
+            batch_size=batch_size,
+            precision=precision,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    _report_index(summary, "tiles")
+
+
+def _report_index(summary: dict, noun: str) -> None:
+    kept = f", kept {summary['kept']} already indexed" if summary["kept"] else ""
+    if summary.get("skipped"):
+        kept += f", skipped {summary['skipped']} without valid pixels in both dates"
+    typer.echo(
+        f"added {summary['added']} {noun} to {summary['index']}{kept} ({summary['total']} in the index)"
+    )
+
+
+@app.command()
+def search(
+    index: Path = typer.Argument(..., help="An index folder written by `changescope index`."),
+    query: str = typer.Argument(..., help='What to find, in words, e.g. "a new road through the field".'),
+    k: int = typer.Option(10, "--k", help="How many pairs to return, best first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as a JSON list."),
+    model: str | None = typer.Option(
+        None, "--model", help="The model to embed the query with (default: the one the index records)."
+    ),
+    geojson: Path | None = typer.Option(
+        None,
+        "--geojson",
+        help="Also write the hits that have a footprint (scene tiles) as a FeatureCollection.",
+    ),
+) -> None:
+    """Find the indexed pairs that best match a sentence: rank, score (cosine similarity), id, before, after.
+
+    The query is embedded by the model the index was built with (a search with another model is refused:
+    its embeddings would not be comparable). Scene tiles also show their footprint (west,south,east,north
+    in lon/lat); --geojson writes those hits as GeoJSON features.
+    """
+    from changescope.errors import require_all
+
+    require_all(("faiss",), "search", "changescope search")
+    from changescope.fileio import write_json_atomic
+    from changescope.tasks.search import search as run_search
+
+    if k < 1:
+        raise typer.BadParameter(f"--k must be >= 1, got {k}")
+    if not query.strip():
+        raise typer.BadParameter("the search query is empty")
+    _output_file(geojson, "--geojson")
+    if model is not None:
+        _check_retrieval_model(model)
+    _check_index(index)
+    hits = run_search(index, query, k, model)
+    if geojson is not None:
+        write_json_atomic(geojson, hits_geojson(hits))
+    if as_json:
+        _echo_json(hits)
+        return
+    for hit in hits:
+        fields = [
+            str(hit["rank"]),
+            f"{hit['score']:.4f}",
+            str(hit["id"]),
+            str(hit["before"]),
+            str(hit["after"]),
+        ]
+        if hit.get("footprint"):
+            fields.append("footprint " + ",".join(f"{v:.6f}" for v in _bounds(hit["footprint"])))
+        typer.echo("\t".join(fields))
+    if geojson is not None:
+        with_footprint = sum(1 for h in hits if h.get("footprint"))
+        typer.echo(f"wrote {with_footprint} footprint(s) to {geojson}")
+
+
+def _bounds(polygon: dict) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of a GeoJSON Polygon's exterior ring."""
+    ring = polygon["coordinates"][0]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def hits_geojson(hits: list[dict]) -> dict:
+    """The hits with a footprint as an RFC 7946 FeatureCollection (properties: rank, score, id, paths)."""
+    features = [
+        {
+            "type": "Feature",
+            "geometry": hit["footprint"],
+            "properties": {key: value for key, value in hit.items() if key != "footprint"},
+        }
+        for hit in hits
+        if hit.get("footprint")
+    ]
+    return {"type": "FeatureCollection", "features": features}
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
@@ -848,6 +1081,12 @@ def serve(
         None, "--llm-url", help="OpenAI-compatible server for /chat (default: the local SmolLM2)."
     ),
     llm_model: str | None = typer.Option(None, "--llm-model", help="Model name on --llm-url."),
+    index: Path | None = typer.Option(
+        None,
+        "--index",
+        help="A search index of --model (`changescope index`): served at /search, in the web app's "
+        "search tab and to the agent.",
+    ),
     precision: str | None = _precision_option(),
 ) -> None:
     """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
@@ -863,6 +1102,10 @@ def serve(
     _check_llm_url(llm_url)
     _check_precision(precision)
     _check_model(model)
+    if index is not None:
+        require_all(("faiss",), "search", "serve --index")
+        _check_index(index)
+        _check_retrieval_model(model)
     run_server(
         host=host,
         port=port,
@@ -871,6 +1114,7 @@ def serve(
         llm_url=llm_url,
         llm_model=llm_model,
         precision=precision,
+        index=index,
     )
 
 
@@ -884,6 +1128,9 @@ def chat(
     max_steps: int = typer.Option(6, "--max-steps", help="Tool calls allowed per question."),
     out: Path | None = typer.Option(
         None, "--out", help="Keep the tools' files (masks, overlays) here (default: removed at the end)."
+    ),
+    index: Path | None = typer.Option(
+        None, "--index", help="A search index of --model: the agent may search it (search_archive)."
     ),
 ) -> None:
     """Chat with an agent that answers by calling the change models as typed tools."""
@@ -908,6 +1155,10 @@ def chat(
     for image in images or []:
         _input_file(image, "image")
     _check_model(model)
+    if index is not None:
+        require_all(("faiss",), "search", "chat --index")
+        _check_index(index)
+        _check_retrieval_model(model)
     before, after = (images[0], images[1]) if images else (None, None)
     if out is not None and out.exists() and not out.is_dir():
         raise typer.BadParameter(f"--out {out} is a file; it takes a folder")
@@ -920,6 +1171,7 @@ def chat(
         gguf=gguf,
         max_steps=max_steps,
         session_dir=out,
+        index=index,
     )
 
 

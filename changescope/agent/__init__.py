@@ -27,14 +27,16 @@ def build_agent(
     tool_mode: str = "auto",
     gsd_m: float | None = None,
     api_key: str | None = None,
+    index: str | Path | None = None,
 ) -> Agent:
     """An agent over the change model ``model`` whose files go into ``session_dir``.
 
     ``llm_url`` (an OpenAI-compatible base URL such as ``http://127.0.0.1:8080/v1``) wins over ``gguf``
     (a local GGUF chat model); with neither, the packaged SmolLM2-135M-Instruct is used. Nothing is loaded
-    here: the change model and a local LLM load on the first ``ask`` (once per process).
+    here: the change model and a local LLM load on the first ``ask`` (once per process). ``index`` (a
+    search index of ``model``, ``changescope index``) gives the agent the ``search_archive`` tool.
     """
-    session = Session(session_dir, model=model, gsd_m=gsd_m)
+    session = Session(session_dir, model=model, gsd_m=gsd_m, index=index)
     if llm_url is not None:
         from changescope.agent.llm import OpenAIChat
 

@@ -34,9 +34,11 @@ def chat(
     max_steps: int = 6,
     *,
     session_dir: str | Path | None = None,
+    index: str | Path | None = None,
 ) -> None:
     """Run the terminal chat until /quit, Ctrl-D or Ctrl-C; the tools' files (masks, overlays, reports) go
-    to ``session_dir``, which is kept; without it they go to a temporary folder removed at the end."""
+    to ``session_dir``, which is kept; without it they go to a temporary folder removed at the end.
+    ``index`` (a search index of ``model``) gives the agent its ``search_archive`` tool."""
     import shutil
 
     from changescope.agent import build_agent
@@ -49,7 +51,7 @@ def chat(
     else:
         Path(session_dir).mkdir(parents=True, exist_ok=True)
     try:
-        agent = build_agent(session_dir, model, llm_url, llm_model, gguf, max_steps)
+        agent = build_agent(session_dir, model, llm_url, llm_model, gguf, max_steps, index=index)
         if before is not None:
             agent.set_images(before, after)
         out = _Output()

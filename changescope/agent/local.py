@@ -61,6 +61,7 @@ LABELS = {
     "answer_question": "an answer",
     "ground": "a location",
     "scene_report": "a scene report",
+    "search_archive": "a search",
 }
 NO_TOOL = "a chat"
 
@@ -79,6 +80,7 @@ TOOL_SHOTS = [
     ("is there a new road in the north?", "answer_question"),
     ("where are the new buildings?", "ground"),
     ("report on the whole scene", "scene_report"),
+    ("find the pairs where a road was built", "search_archive"),
 ]
 
 #: few-shot requests per enum argument; a shot is used only if its value is in the enum offered

@@ -222,8 +222,14 @@ def react_prompt(tools: list[Tool]) -> str:
 def _arguments_text(tool: Tool) -> str:
     parts = []
     for name, spec in tool.parameters["properties"].items():
-        kind = "one of " + "|".join(spec["enum"]) if "enum" in spec else "text"
-        parts.append(f'"{name}": {kind}')
+        if "enum" in spec:
+            kind = "one of " + "|".join(spec["enum"])
+        elif spec.get("type") == "integer":
+            kind = f"a whole number {spec.get('minimum', '')}..{spec.get('maximum', '')}"
+        else:
+            kind = "text"
+        optional = "" if name in tool.parameters.get("required", ()) else " (optional)"
+        parts.append(f'"{name}": {kind}{optional}')
     return "{" + ", ".join(parts) + "}"
 
 

@@ -13,6 +13,7 @@ paths in results are relative to that directory.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ class Session:
     """One conversation's state: the image pair, an optional scene pair, and its artifact directory.
 
     ``gsd_m`` is the ground size of one pixel in metres when it is known (PNG / JPEG pairs carry none):
-    areas in m2 are offered only then.
+    areas in m2 are offered only then. ``index`` is a search index of the model (``changescope index``):
+    with it, and a model with a retrieval head, the agent can search that archive (``search_archive``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Session:
         model: str | Path = "default",
         gsd_m: float | None = None,
         min_area: int = MIN_AREA,
+        index: str | Path | None = None,
     ):
         if gsd_m is not None and not gsd_m > 0:
             raise ChangescopeError(f"gsd_m must be a positive number of metres, got {gsd_m}")
@@ -59,6 +62,12 @@ class Session:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.model_spec = model
         self.gsd_m = gsd_m
+        self.index = None if index is None else Path(index)
+        if self.index is not None and not (self.index / "index.json").is_file():
+            raise DataError(
+                self.index, "not a search index (no index.json): build one with changescope index"
+            )
+        self._archive = None
         self.min_area = min_area
         self.before: Path | None = None
         self.after: Path | None = None
@@ -125,6 +134,21 @@ class Session:
             self._detection = detect_pair(self.model, self.processor, before, after, self.min_area)
         return self._detection
 
+    def archive(self):
+        """The session's search index, loaded once per process (``shared_index``) and checked once against
+        the session's model."""
+        if self.index is None:
+            raise ToolError("no search index is loaded in this session")
+        if self._archive is None:
+            from changescope.tasks.search import model_identity
+
+            index = shared_index(self.index)
+            model, _, path = shared_model(self.model_spec)
+            model.require("retrieval")
+            index.check_model(model_identity(model, path))
+            self._archive = index
+        return self._archive
+
     def write_detection(self) -> Path:
         """Write mask.png, overlay.png and result.json once per pair; return their directory."""
         from changescope.tasks.detection import write_detection
@@ -137,6 +161,29 @@ class Session:
         return self._detection_written
 
 
+_INDEXES: dict[tuple[Path, int], Any] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def shared_index(path: str | Path):
+    """The ``PairIndex`` saved in ``path``, loaded once per process (again when the folder is rewritten):
+    every chat session of a server searches the one copy."""
+    from changescope.retrieval.index import PairIndex
+
+    path = Path(path).resolve()
+    try:
+        stamp = (path / "index.json").stat().st_mtime_ns
+    except OSError:
+        stamp = 0  # PairIndex.load says what is missing
+    with _INDEXES_LOCK:
+        key = (path, stamp)
+        if key not in _INDEXES:
+            for old in [k for k in _INDEXES if k[0] == path]:
+                del _INDEXES[old]
+            _INDEXES[key] = PairIndex.load(path)
+        return _INDEXES[key]
+
+
 # -- tools ------------------------------------------------------------------------------------------
 
 
@@ -144,7 +191,8 @@ class Session:
 class Tool:
     name: str
     description: str
-    #: JSON schema of the arguments: an object of string properties, all required
+    #: JSON schema of the arguments: an object of string properties (or bounded integers), those in
+    #: ``required`` required (the others have defaults)
     parameters: dict[str, Any]
     run: Callable[..., dict[str, Any]]
 
@@ -244,6 +292,22 @@ def _ground(session: Session, query: str) -> dict[str, Any]:
     return {"query": answer.result["question"], "grounding": answer.result.get("grounding"), "files": files}
 
 
+#: the most hits ``search_archive`` returns, and how many without ``k``
+MAX_SEARCH_HITS, SEARCH_HITS = 20, 5
+
+
+def _search_archive(session: Session, query: str, k: int = SEARCH_HITS) -> dict[str, Any]:
+    from changescope.tasks.search import query_index
+
+    hits = query_index(session.archive(), session.model, query, k)
+    keys = ("rank", "id", "score", "before", "after", "footprint")
+    return {
+        "query": query,
+        "index": session.index.name,
+        "hits": [{key: hit[key] for key in keys if hit.get(key) is not None} for hit in hits],
+    }
+
+
 def _scene_report(session: Session) -> dict[str, Any]:
     from changescope.tasks.scene import SceneOptions, run_scene
 
@@ -331,6 +395,29 @@ def available_tools(session: Session) -> list[Tool]:
                 _ground,
             )
         )
+    if session.index is not None and "retrieval" in tasks:
+        tools.append(
+            Tool(
+                "search_archive",
+                "Search the archive of indexed image pairs for a change described in words; returns the "
+                "best-matching pairs' ids, scores (cosine similarity) and image paths, best first.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "query": {**text, "description": "the change to find, e.g. 'a new road in a field'"},
+                        "k": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_SEARCH_HITS,
+                            "description": f"how many pairs to return (default {SEARCH_HITS})",
+                        },
+                    },
+                    "required": ["query"],
+                    "additionalProperties": False,
+                },
+                _search_archive,
+            )
+        )
     if session.scene is not None and "mask" in tasks:
         tools.append(
             Tool(
@@ -359,8 +446,22 @@ def check_arguments(tool: Tool, arguments: Any) -> dict[str, Any]:
     for key in tool.parameters["required"]:
         if key not in arguments:
             raise ToolError(f"{tool.name}: missing required argument '{key}'")
+    checked = dict(arguments)
     for key, value in arguments.items():
         spec = properties[key]
+        if spec.get("type") == "integer":  # JSON Schema: any number without a fractional part
+            whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if isinstance(value, bool) or not whole:
+                raise ToolError(
+                    f"{tool.name}: argument '{key}' must be a whole number, got {json.dumps(value)}"
+                )
+            low, high = spec.get("minimum"), spec.get("maximum")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ToolError(
+                    f"{tool.name}: argument '{key}' must be {low} to {high}, got {json.dumps(value)}"
+                )
+            checked[key] = int(value)
+            continue
         if not isinstance(value, str):
             raise ToolError(f"{tool.name}: argument '{key}' must be a string, got {json.dumps(value)}")
         if "enum" in spec and value not in spec["enum"]:
@@ -372,7 +473,7 @@ def check_arguments(tool: Tool, arguments: Any) -> dict[str, Any]:
                 f"{tool.name}: argument '{key}' must be {spec.get('minLength', 0)} to "
                 f"{spec['maxLength']} characters long"
             )
-    return arguments
+    return checked
 
 
 def parse_arguments(raw: Any) -> Any:

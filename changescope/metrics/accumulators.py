@@ -147,3 +147,99 @@ class GroundingAccumulator:
             "cIoU": self.intersection / self.union if self.union else 1.0,
             "n": self.n,
         }
+
+
+def _sentence(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class RetrievalAccumulator:
+    """Pair embeddings and the embeddings of each pair's captions, keyed by pair id; scored both ways.
+
+    Relevance, as RSICRC defines it: a text is relevant to its own pair, to every pair with the same
+    sentence among its captions, and, for a no-change sentence, to every no-change pair (all no-change
+    pairs count as one answer: none is a false negative of another)."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[Hashable, np.ndarray] = {}
+        self.texts: dict[Hashable, list[str]] = {}
+        self.text_vectors: dict[Hashable, np.ndarray] = {}
+        self.changed: dict[Hashable, bool] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def update(
+        self,
+        ids: Sequence[Hashable],
+        pair_embeddings: Any,
+        texts: Sequence[Sequence[str]],
+        text_embeddings: Any,
+        changed: Sequence[bool],
+    ) -> None:
+        """``text_embeddings``: the rows of every pair's texts, concatenated in order (None when no pair
+        has a text)."""
+        pairs = _as_array(pair_embeddings)
+        flat = _as_array(text_embeddings) if text_embeddings is not None else np.zeros((0, pairs.shape[1]))
+        if sum(len(t) for t in texts) != len(flat):
+            raise ValueError(f"{len(flat)} text embeddings for {sum(len(t) for t in texts)} texts")
+        start = 0
+        for key, vector, own, flag in zip(ids, pairs, texts, changed, strict=True):
+            rows = flat[start : start + len(own)]
+            start += len(own)
+            if key in self.pairs:  # DistributedSampler repeats pairs to even out shards
+                continue
+            self.pairs[key], self.texts[key] = vector, list(own)
+            self.text_vectors[key], self.changed[key] = rows, bool(flag)
+
+    def merge(self, other: RetrievalAccumulator) -> None:
+        for key in other.pairs:
+            if key not in self.pairs:
+                self.pairs[key], self.texts[key] = other.pairs[key], other.texts[key]
+                self.text_vectors[key], self.changed[key] = other.text_vectors[key], other.changed[key]
+
+    def _relevance(self, keys: list, text_owner: list[int], sentences: list[str]) -> np.ndarray:
+        """``[texts, pairs]``: pair j answers text i."""
+        unchanged = np.array([not self.changed[k] for k in keys])
+        owner = np.array(text_owner)
+        rel = np.zeros((len(owner), len(keys)), dtype=bool)
+        rel[np.arange(len(owner)), owner] = True
+        rel |= unchanged[owner][:, None] & unchanged[None, :]
+        by_sentence: dict[str, set[int]] = {}
+        for sentence, pair in zip(sentences, owner, strict=True):
+            by_sentence.setdefault(sentence, set()).add(int(pair))
+        for i, sentence in enumerate(sentences):
+            rel[i, list(by_sentence[sentence])] = True
+        return rel
+
+    def compute(self, exclude_unchanged: bool = False) -> dict[str, Any]:
+        """``text_to_pair`` and ``pair_to_text`` (hit-rate R@1/5/10, MRR: ``metrics.retrieval``) and
+        ``rsicrc`` (P@k, R@k over the relevant set, MRR@k; the first caption of each pair as the query).
+        ``exclude_unchanged`` leaves no-change pairs out of queries and gallery (RSICRC's "sub" run)."""
+        from changescope.metrics.retrieval import retrieval_scores, rsicrc_scores
+
+        keys = [k for k in self.pairs if self.texts[k] and not (exclude_unchanged and not self.changed[k])]
+        if not keys:
+            raise ValueError("no pairs with captions to score")
+        pairs = np.stack([self.pairs[k] for k in keys])
+        owner = [j for j, k in enumerate(keys) for _ in self.texts[k]]
+        sentences = [_sentence(t) for k in keys for t in self.texts[k]]
+        texts = np.concatenate([self.text_vectors[k] for k in keys])
+        sim = texts @ pairs.T
+        rel = self._relevance(keys, owner, sentences)
+        first = np.array([owner.index(j) for j in range(len(keys))])  # each pair's first caption
+        return {
+            "text_to_pair": retrieval_scores(sim, [set(np.flatnonzero(r)) for r in rel]),
+            "pair_to_text": retrieval_scores(sim.T, [set(np.flatnonzero(c)) for c in rel.T]),
+            "rsicrc": rsicrc_scores(sim[first], rel[first]),
+            "no_change_pairs_relevant_to_each_other": True,
+            "excluded_unchanged": exclude_unchanged,
+            "pairs": len(keys),
+            "texts": len(owner),
+        }
+
+
+def _as_array(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)

@@ -80,3 +80,32 @@ def bidirectional(similarity: Any, text_to_pair: Sequence[int]) -> dict[str, dic
         "text_to_pair": retrieval_scores(sim, [int(p) for p in text_to_pair]),
         "pair_to_text": retrieval_scores(sim.T[described], [owners[p] for p in described]),
     }
+
+
+def rsicrc_scores(similarity: Any, relevant: Any, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, Any]:
+    """RSICRC's own text -> pair numbers (Ferrod et al. 2024, ``src/eval.py``), to compare with that paper.
+
+    ``relevant[q, i]``: item i is relevant to query q (RSICRC: the same label, where every no-change pair
+    shares one label, or an identical caption). For each k: ``P@k`` = relevant items in the top k / k,
+    ``R@k`` = relevant items in the top k / all relevant items of the query (recall over the relevant set,
+    NOT the hit rate :func:`retrieval_scores` calls R@k), ``MRR@k`` = 1 / rank of the first relevant item
+    when it is in the top k, else 0; each averaged over queries. Ties keep item order (a stable sort), as a
+    FAISS flat search returns them.
+    """
+    sim = _matrix(similarity)
+    rel = np.asarray(relevant, dtype=bool)
+    if rel.shape != sim.shape:
+        raise ValueError(f"relevance {rel.shape} does not match similarity {sim.shape}")
+    if not rel.any(axis=1).all():
+        raise ValueError("every query needs at least one relevant item")
+    order = np.argsort(-sim, axis=1, kind="stable")
+    hits = np.take_along_axis(rel, order, axis=1)
+    first = hits.argmax(axis=1) + 1  # rank of the first relevant item
+    total = rel.sum(axis=1)
+    out: dict[str, Any] = {"n": int(sim.shape[0])}
+    for k in ks:
+        found = hits[:, :k].sum(axis=1)
+        out[f"P@{k}"] = float((found / k).mean())
+        out[f"R@{k}"] = float((found / total).mean())
+        out[f"MRR@{k}"] = float(np.where(first <= k, 1.0 / first, 0.0).mean())
+    return out

@@ -74,3 +74,34 @@ def vqa_table(result: Mapping, baseline: Mapping | None = None) -> str:
 def grounding_line(result: Mapping) -> str:
     miou, ciou = _pct(result["mIoU"]), _pct(result["cIoU"])
     return f"grounding: mIoU {miou}  cIoU {ciou} (percent), {result['n']} queries"
+
+
+def retrieval_table(result: Mapping) -> str:
+    """The ``evaluate`` retrieval block: hit-rate R@k and MRR both ways for the model, on changed pairs
+    only, and for the caption-embedding baseline; then RSICRC's P@k / R@k (over the relevant set)."""
+    columns = ("R@1", "R@5", "R@10", "MRR")
+    head = f"{'':<34}" + "".join(f"{c:>8}" for c in columns)
+    lines = [head]
+    rows = [("model", result), ("model, changed pairs only", result.get("changed_only"))]
+    baseline = result.get("caption_baseline")
+    if baseline is not None:
+        rows += [
+            ("caption baseline", baseline),
+            ("caption baseline, changed only", baseline.get("changed_only")),
+        ]
+    for label, block in rows:
+        if block is None:
+            continue
+        for direction, name in (("text_to_pair", "text->pair"), ("pair_to_text", "pair->text")):
+            values = block[direction]
+            lines.append(f"{label + ', ' + name:<34}" + "".join(f"{_pct(values[c]):>8}" for c in columns))
+    rsicrc = result["rsicrc"]
+    ks = sorted(int(k[2:]) for k in rsicrc if k.startswith("P@"))
+    lines.append(
+        "RSICRC (first caption as query; R@k over the relevant set): "
+        + ", ".join(f"P@{k} {_pct(rsicrc[f'P@{k}'])} R@{k} {_pct(rsicrc[f'R@{k}'])}" for k in ks)
+    )
+    lines.append(
+        f"{result['pairs']} pairs, {result['texts']} captions; no-change pairs are relevant to each other"
+    )
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ from changescope.models.encoders.layers import to_map
 from changescope.models.heads.caption_decoder import CaptionDecoder
 from changescope.models.heads.mask_head import ChangeMaskHead, compose, upsample
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
+from changescope.models.heads.retrieval_head import RetrievalHead
 from changescope.models.question_encoder import build_question_encoder
 
 #: inference precision -> autocast dtype (None: plain fp32)
@@ -79,8 +80,12 @@ class ChangeModel(nn.Module):
         super().__init__()
         if 0 < config.vocab_size < 5:
             raise ValueError("config.vocab_size must count the 4 special tokens and at least one word")
-        if not (config.vocab_size or config.classes or config.answers or config.grounding):
-            raise ValueError("a change model needs a caption vocabulary, mask classes, answers or grounding")
+        if not (
+            config.vocab_size or config.classes or config.answers or config.grounding or config.retrieval_dim
+        ):
+            raise ValueError(
+                "a change model needs a caption vocabulary, mask classes, answers, grounding or retrieval"
+            )
         self.config = config
         self.precision = "fp32"
         self.single_stream = getattr(ENCODERS.get(config.encoder), "single_stream", False)
@@ -123,8 +128,9 @@ class ChangeModel(nn.Module):
         )
         d_model = self.encoder.out_dim
         asks = bool(config.answers or config.grounding)
+        reads_text = asks or config.retrieval_dim > 0
         self.question_encoder = (
-            build_question_encoder(config.question_encoder, **config.question_kwargs) if asks else None
+            build_question_encoder(config.question_encoder, **config.question_kwargs) if reads_text else None
         )
         self.fusion = (
             QueryFusion(self.question_encoder.out_dim, d_model, **config.query_kwargs) if asks else None
@@ -133,6 +139,11 @@ class ChangeModel(nn.Module):
             AnswerHead(d_model, len(config.qtypes), len(config.answers)) if config.answers else None
         )
         self.grounding_head = GroundingHead(d_model, self.mask_head.channels) if config.grounding else None
+        self.retrieval_head = (
+            RetrievalHead(d_model, self.question_encoder.out_dim, config.retrieval_dim)
+            if config.retrieval_dim
+            else None
+        )
         if config.answers:
             allowed = torch.zeros(len(config.qtypes), len(config.answers), dtype=torch.bool)
             for qtype, ids in config.answer_types.items():
@@ -146,6 +157,7 @@ class ChangeModel(nn.Module):
             ("mask", self.config.classes),
             ("vqa", self.answer_head),
             ("grounding", self.grounding_head),
+            ("retrieval", self.retrieval_head),
         )
         return tuple(t for t, head in heads if head)
 
@@ -156,6 +168,7 @@ class ChangeModel(nn.Module):
                 "mask": "change-mask head",
                 "vqa": "question-answering head",
                 "grounding": "grounding head",
+                "retrieval": "retrieval head",
             }[task]
             raise ChangescopeError(f"this model has no {what} (it was trained for: {', '.join(self.tasks)})")
 
@@ -274,6 +287,21 @@ class ChangeModel(nn.Module):
         """Question-type logits ``[N, types]`` and closed-answer logits ``[N, answers]``."""
         self.require("vqa")
         return self.answer_head(query.pooled)
+
+    @_autocast
+    def embed_pairs(self, memory: Tensor) -> Tensor:
+        """Unit retrieval embeddings ``[B, retrieval_dim]`` (fp32) of pairs from their change tokens."""
+        self.require("retrieval")
+        return self.retrieval_head.embed_pairs(memory)
+
+    @_autocast
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        """Unit retrieval embeddings ``[N, retrieval_dim]`` (fp32) of sentences (captions, search queries),
+        comparable by dot product with :meth:`embed_pairs`."""
+        self.require("retrieval")
+        device = self.retrieval_head.query.device
+        tokens, pad = self.question_encoder(texts, device=device)
+        return self.retrieval_head.embed_texts(tokens, pad)
 
     def pick_answers(self, type_logits: Tensor, answer_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per question: the predicted type, the best answer among those seen with that type (-1 for a type

@@ -53,7 +53,10 @@ class ModelConfig:
     answer_types: dict[str, list[int]] = field(default_factory=dict)
     #: a text-conditioned grounding mask head
     grounding: bool = False
-    #: "minilm" (all-MiniLM-L6-v2) or "words" (hashed word embeddings); used by the VQA / grounding heads
+    #: size of the text <-> pair retrieval embeddings; 0 = no retrieval head
+    retrieval_dim: int = 0
+    #: "minilm" (all-MiniLM-L6-v2) or "words" (hashed word embeddings); used by the VQA, grounding and
+    #: retrieval heads
     question_encoder: str = "minilm"
     question_kwargs: dict[str, Any] = field(default_factory=dict)
     #: QueryFusion options (num_layers, num_heads, dropout)

@@ -16,9 +16,11 @@ def serve(
     llm_url: str | None = None,
     llm_model: str | None = None,
     precision: str | None = None,
+    index: str | Path | None = None,
 ) -> None:
     """Load ``model`` once and serve the API on ``host:port`` until interrupted (docs at ``/docs``, web
-    app at ``/ui``). ``llm_url`` / ``llm_model`` are handed to the chat agent."""
+    app at ``/ui``). ``llm_url`` / ``llm_model`` are handed to the chat agent; ``index`` (a search index
+    of this model) is served at ``/search``, in the web app and to the agent."""
     import uvicorn
 
     from changescope.errors import ChangescopeError
@@ -30,6 +32,7 @@ def serve(
         model,
         max_upload_bytes=int(max_upload_mb * 2**20),
         precision=precision,
+        index=index,
         agent_options={"model": str(model), "llm_url": llm_url, "llm_model": llm_model},
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -32,11 +32,14 @@ from starlette.concurrency import run_in_threadpool
 from changescope import __version__
 from changescope.errors import ChangescopeError
 from changescope.serve.service import (
+    MAX_HITS,
+    Archive,
     ChatSessions,
     Predictor,
     SceneJobs,
     ServiceError,
     default_agent_factory,
+    no_archive,
     png_base64,
     sniff,
 )
@@ -66,6 +69,7 @@ class Health(BaseModel):
     model: str
     tasks: list[str]
     version: str
+    index: dict[str, Any] | None = Field(None, description="the search index served, if any")
 
 
 class Caption(BaseModel):
@@ -100,6 +104,23 @@ class ChatReply(BaseModel):
 
 class SessionCreated(BaseModel):
     session: str
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=512, description="what to find, in words")
+    k: int = Field(10, ge=1, le=MAX_HITS, description="how many pairs to return, best first")
+    index: str | None = Field(
+        None, description="the served index's name (its folder name); optional, another name is 404"
+    )
+
+
+class SearchReply(BaseModel):
+    index: str
+    query: str
+    hits: list[dict[str, Any]] = Field(
+        description="best first: rank, score (cosine similarity), id, before, after and what else the index "
+        "stores (a scene tile's window and lon/lat footprint)"
+    )
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -218,14 +239,20 @@ def create_app(
     web: bool = True,
     agent_options: dict[str, Any] | None = None,
     precision: str | None = None,
+    index: str | Path | None = None,
 ) -> FastAPI:
     """The API around ``model`` (loaded once, here). ``workdir`` holds scene jobs and chat sessions (a
     temporary directory, removed at shutdown, when None). ``agent_factory(session_dir)`` builds a chat
     agent; None uses ``changescope.agent.build_agent`` with ``agent_options``. ``web`` mounts the Gradio
-    app at ``/ui``. ``precision`` sets the inference autocast of the process's one model."""
+    app at ``/ui``. ``precision`` sets the inference autocast of the process's one model. ``index`` (a
+    folder written by ``changescope index`` with this model) is loaded once, here, for ``/search``, the web
+    app's search tab and the chat agent's ``search_archive`` tool; without it ``/search`` answers 404."""
     predictor = Predictor(model)
     if precision is not None:
         predictor.model.set_precision(precision)
+    archive = Archive(index, predictor) if index is not None else None
+    if archive is not None and agent_factory is None:
+        agent_options = {**(agent_options or {}), "index": str(archive.path)}
     own_workdir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="changescope-serve-") if own_workdir else workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -250,6 +277,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.predictor, app.state.jobs, app.state.chats, app.state.workdir = predictor, jobs, chats, root
+    app.state.archive = archive
     app.add_middleware(BodyLimit, limit=2 * limit + CHUNK)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -279,7 +307,7 @@ def create_app(
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
-        return predictor.health()
+        return {**predictor.health(), "index": None if archive is None else archive.describe()}
 
     @app.post("/describe", response_model=Caption, responses=UPLOAD_ERRORS)
     def describe(
@@ -373,6 +401,16 @@ def create_app(
         """One output of a finished job: a name listed in its summary's ``outputs``."""
         return FileResponse(jobs.output(job, name), filename=name, content_disposition_type="inline")
 
+    @app.post("/search", response_model=SearchReply, responses=_errors(404))
+    def search(body: SearchRequest) -> dict[str, Any]:
+        """The indexed pairs that best match a sentence, best first; the index is the one the server was
+        started with (``changescope serve --index IDX``): without one, 404."""
+        if archive is None:
+            raise no_archive()
+        if body.index is not None and body.index not in (archive.name, str(archive.path)):
+            raise ServiceError(404, f"no index '{body.index}' here; this server searches '{archive.name}'")
+        return {"index": archive.name, "query": body.query, "hits": archive.search(body.query, body.k)}
+
     @app.post("/chat/sessions", status_code=201, response_model=SessionCreated, responses=_errors(503))
     async def chat_session() -> dict[str, Any]:
         """Start a chat session (``/chat`` with ``session: null`` also starts one)."""
@@ -396,5 +434,5 @@ def create_app(
     if web:
         from changescope.serve.web import mount
 
-        mount(app, predictor, chats, root / "examples", max_upload_bytes)
+        mount(app, predictor, chats, root / "examples", max_upload_bytes, archive=archive)
     return app

@@ -173,6 +173,46 @@ class Predictor:
         return answer.result, picture
 
 
+# -- language search ----------------------------------------------------------------------------------
+
+
+#: the most hits one search returns
+MAX_HITS = 100
+
+
+class Archive:
+    """A search index (``changescope index``) served with the predictor's model: loaded once, here, and
+    checked against that model (an index built by another model is refused at start, in one line)."""
+
+    def __init__(self, path: str | Path, predictor: Predictor):
+        from changescope.retrieval.index import PairIndex
+        from changescope.tasks.search import model_identity
+
+        predictor.model.require("retrieval")
+        self.path = Path(path)
+        self.name = self.path.name
+        self.index = PairIndex.load(self.path)
+        self.index.check_model(model_identity(predictor.model, predictor.path))
+        self.predictor = predictor
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.name, "pairs": len(self.index)}
+
+    def search(self, query: str, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` best hits, best first (``tasks.search.query_index``); the query is embedded under the
+        model's lock, the index is searched outside it."""
+        from changescope.tasks.search import query_index
+
+        if not 1 <= k <= MAX_HITS:
+            raise ServiceError(422, f"k must be 1..{MAX_HITS}, got {k}")
+        predictor = self.predictor
+        return query_index(self.index, predictor.model, query, k, lock=predictor._lock)
+
+
+def no_archive() -> ServiceError:
+    return ServiceError(404, "this server has no search index: start it with 'changescope serve --index IDX'")
+
+
 # -- scene jobs ---------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The web app at ``/ui``: two images (or a SynthChange example) -> caption, change overlay, counts; a
-question with its grounding; a chat with the agent. It calls the same ``Predictor`` as the REST API, so
-both give the same answers, and it loads nothing from outside the server (system fonts, no analytics).
+question with its grounding; a chat with the agent; with a search index, a search box over the archive.
+It calls the same ``Predictor`` as the REST API, so both give the same answers, and it loads nothing from
+outside the server (system fonts, no analytics).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import gradio as gr  # noqa: E402
 
 from changescope.errors import ChangescopeError  # noqa: E402
 from changescope.postprocess import MIN_AREA  # noqa: E402
-from changescope.serve.service import ChatSessions, Predictor, ServiceError  # noqa: E402
+from changescope.serve.service import Archive, ChatSessions, Predictor, ServiceError  # noqa: E402
 
 # the default theme's IBM Plex fonts are served locally, but system fonts need no request at all
 THEME = gr.themes.Base(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -43,11 +44,55 @@ def _pair(before: str | None, after: str | None) -> tuple[Path, Path]:
     return Path(before), Path(after)
 
 
+#: side of the search hits' thumbnails, in pixels
+THUMBNAIL = 192
+
+
+def _tile_image(path: Path, window: list[int]):
+    """A scene tile's window of ``path`` as an 8-bit RGB image (16-bit / float data stretched to its own
+    2nd-98th percentile: a preview, not the index's reading)."""
+    import numpy as np
+    from PIL import Image
+    from rasterio.windows import Window
+
+    from changescope.geo.raster import open_scene
+
+    with open_scene(path) as scene:
+        values, valid = scene.read(Window(*window))
+        if scene.dtype != np.uint8 and valid.any():
+            low, high = np.percentile(values[:, valid], (2, 98), axis=1)
+            span = np.where(high > low, high - low, 1.0)
+            values = (values - low[:, None, None]) / span[:, None, None] * 255
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8).transpose(1, 2, 0))
+
+
+def thumbnail(hit: dict[str, Any], side: int = THUMBNAIL):
+    """The hit's after image (a scene tile: its window) as a small PIL image, or None when the file is
+    not here or cannot be read."""
+    from PIL import Image
+
+    after = Path(str(hit.get("after") or ""))
+    if not after.is_file():
+        return None
+    try:
+        if hit.get("window"):
+            image = _tile_image(after, hit["window"])
+        else:
+            with Image.open(after) as img:
+                image = img.convert("RGB")
+        image.thumbnail((side, side))
+        return image
+    except Exception:  # noqa: BLE001 - a preview that cannot be drawn is left out, the hit stays listed
+        return None
+
+
 def _tool_name(call: Any) -> str:
     return str(call.get("name") or call.get("tool") or call) if isinstance(call, dict) else str(call)
 
 
-def build(predictor: Predictor, chats: ChatSessions, examples: list[list[str]]) -> gr.Blocks:
+def build(
+    predictor: Predictor, chats: ChatSessions, examples: list[list[str]], archive: Archive | None = None
+) -> gr.Blocks:
     def describe(before, after):
         a, b = _pair(before, after)
         names = (a.name, b.name)
@@ -96,6 +141,21 @@ def build(predictor: Predictor, chats: ChatSessions, examples: list[list[str]]) 
         turn = [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         return history + turn, "", session.id, sent
 
+    def search(query, k):
+        if not (query or "").strip():
+            raise gr.Error("Type what to look for first.")
+        try:
+            hits = archive.search(query, int(k))
+        except ChangescopeError as err:
+            raise gr.Error(str(err)) from None
+        pictures = []
+        for hit in hits:
+            picture = thumbnail(hit)
+            if picture is not None:
+                pictures.append((picture, f"{hit['rank']}. {hit['id']} ({hit['score']:.3f})"))
+        rows = [[h["rank"], round(h["score"], 4), h["id"], h["before"], h["after"]] for h in hits]
+        return pictures, rows
+
     with gr.Blocks(title="changescope", analytics_enabled=False) as ui:
         gr.Markdown("## changescope: what changed between two images of one place?")
         with gr.Row():
@@ -120,6 +180,21 @@ def build(predictor: Predictor, chats: ChatSessions, examples: list[list[str]]) 
                 label="message", placeholder="What changed, and how many new buildings?", elem_id="message"
             )
             session_id, sent = gr.State(None), gr.State(None)
+        if archive is not None:
+            with gr.Tab("Search"):
+                query = gr.Textbox(
+                    label=f"search the archive ({len(archive.index)} pairs in {archive.name})",
+                    placeholder="a new road through the fields",
+                    elem_id="search-query",
+                )
+                k = gr.Slider(1, 50, value=8, step=1, label="hits")
+                search_button = gr.Button("Search", elem_id="search")
+                gallery = gr.Gallery(label="after images of the hits", columns=4, elem_id="search-gallery")
+                hits_table = gr.Dataframe(
+                    headers=["rank", "score", "id", "before", "after"], interactive=False, elem_id="hits"
+                )
+            search_button.click(search, [query, k], [gallery, hits_table], api_name="search")
+            query.submit(search, [query, k], [gallery, hits_table], api_visibility="private")
 
         run.click(describe, [before, after], [caption, overlay, table], api_name="describe")
         ask_button.click(ask, [before, after, question], [answer, grounding], api_name="ask")
@@ -129,12 +204,19 @@ def build(predictor: Predictor, chats: ChatSessions, examples: list[list[str]]) 
     return ui
 
 
-def mount(app, predictor: Predictor, chats: ChatSessions, examples_dir: Path, max_upload_bytes: int) -> None:
-    """Mount the web app on ``app`` at ``/ui``."""
+def mount(
+    app,
+    predictor: Predictor,
+    chats: ChatSessions,
+    examples_dir: Path,
+    max_upload_bytes: int,
+    archive: Archive | None = None,
+) -> None:
+    """Mount the web app on ``app`` at ``/ui`` (a search tab when ``archive`` is given)."""
     examples = example_pairs(examples_dir)
     gr.mount_gradio_app(
         app,
-        build(predictor, chats, examples),
+        build(predictor, chats, examples, archive),
         path="/ui",
         # gradio 6 works out file URLs of example clicks (/run/predict) without the mount prefix otherwise
         root_path="/ui",

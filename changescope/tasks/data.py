@@ -155,7 +155,9 @@ def collate_pairs(items: list[dict[str, Any]], processor: ChangeProcessor) -> di
     if "mask" in items[0]:
         batch["mask"] = torch.stack([i["mask"] for i in items]).long()
     if "caption" in items[0]:
-        batch["tokens"] = processor.encode_captions([i["caption"] for i in items])
+        batch["caption_text"] = [i["caption"] for i in items]
+        if processor.vocab is not None:  # a retrieval-only model draws captions but decodes none
+            batch["tokens"] = processor.encode_captions(batch["caption_text"])
     if "vqa" in items[0]:
         from changescope.tasks.queries import collate_queries
 

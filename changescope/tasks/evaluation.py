@@ -19,7 +19,12 @@ import numpy as np
 import torch
 
 from changescope.errors import DataError
-from changescope.metrics.accumulators import CaptionAccumulator, GroundingAccumulator, VQAAccumulator
+from changescope.metrics.accumulators import (
+    CaptionAccumulator,
+    GroundingAccumulator,
+    RetrievalAccumulator,
+    VQAAccumulator,
+)
 from changescope.tasks.inference import Decoding, load, write_jsonl
 
 
@@ -35,6 +40,12 @@ class PairOutput:
     answers: list[tuple[str | None, str, str]] = field(default_factory=list)
     #: ``(predicted, target)`` boolean masks at the target's own size, per grounding query of the pair
     grounding: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: the retrieval embedding of the pair and those of its captions ``[len(captions), dim]``
+    embedding: np.ndarray | None = None
+    caption_embeddings: np.ndarray | None = None
+    #: the caption-embedding baseline: the generated caption and the references as plain sentence embeddings
+    caption_vector: np.ndarray | None = None
+    reference_vectors: np.ndarray | None = None
 
 
 def _label_size(mask: torch.Tensor, sample: dict[str, Any]) -> torch.Tensor:
@@ -54,6 +65,7 @@ def predict_split(
     masks: bool = True,
     captions: bool = True,
     queries: list | None = None,
+    retrieval: bool = False,
 ) -> Iterator[PairOutput]:
     """Every pair of ``dataset`` in order, ``decoding.batch_size`` at a time and one forward pass a batch.
 
@@ -61,7 +73,8 @@ def predict_split(
     mask head (logits upsampled bilinearly to the image's size before argmax, then to the label's size;
     pairs larger than the model's size are mapped tile by tile at their own resolution, as ``detect``
     does); closed answers and grounding masks for ``queries`` (``tasks.queries.attach`` of the split's
-    records, one ``PairQueries`` per pair), each grounding logit map upsampled to its target's size."""
+    records, one ``PairQueries`` per pair), each grounding logit map upsampled to its target's size; with
+    ``retrieval``, the pair's retrieval embedding and those of its reference captions."""
     from changescope.tasks.detection import mask_probabilities
     from changescope.tasks.queries import read_target
     from changescope.tasks.vqa import _closed
@@ -105,6 +118,22 @@ def predict_split(
                     target = read_target(path)
                     pred = processor.resize_logits(row[None, None].float(), target.shape)[0, 0] > 0
                     outputs[k].grounding.append((pred.numpy(), target))
+        if retrieval:
+            pairs = model.embed_pairs(out.memory).numpy()
+            refs = [t for o in outputs for t in o.sample["captions"]]
+            texts = model.embed_texts(refs).numpy() if refs else np.zeros((0, pairs.shape[1]), np.float32)
+            start = 0
+            if captions:
+                from changescope.models.heads.retrieval_head import sentence_embeddings
+
+                plain = sentence_embeddings(model.question_encoder, [o.caption for o in outputs] + refs)
+                generated, references = plain[: len(outputs)].numpy(), plain[len(outputs) :].numpy()
+            for k, (o, vector) in enumerate(zip(outputs, pairs, strict=True)):
+                rows = slice(start, start + len(o.sample["captions"]))
+                o.embedding, o.caption_embeddings = vector, texts[rows]
+                if captions:
+                    o.caption_vector, o.reference_vectors = generated[k], references[rows]
+                start += len(o.sample["captions"])
         yield from outputs
 
 
@@ -122,6 +151,7 @@ class SplitMetrics:
         no_change_sentences: tuple[str, ...] = (),
         vqa: bool = False,
         grounding: bool = False,
+        retrieval: bool = False,
     ):
         from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX
         from changescope.metrics.segmentation import ConfusionMatrix
@@ -132,6 +162,8 @@ class SplitMetrics:
         self.confusion = ConfusionMatrix(len(self.classes), ignore_index=IGNORE_INDEX) if classes else None
         self.answers = VQAAccumulator() if vqa else None
         self.grounding = GroundingAccumulator() if grounding else None
+        self.retrieval = RetrievalAccumulator() if retrieval else None
+        self.retrieval_baseline = RetrievalAccumulator() if retrieval else None
 
     def update(self, output: PairOutput) -> None:
         from changescope.tasks.data import binary_target
@@ -149,6 +181,22 @@ class SplitMetrics:
         if self.grounding is not None:
             for pred, target in output.grounding:
                 self.grounding.update(pred, target)
+        if self.retrieval is not None and output.embedding is not None:
+            self.retrieval.update(
+                [sample["id"]],
+                output.embedding[None],
+                [sample["captions"]],
+                output.caption_embeddings,
+                [sample["changed"]],
+            )
+        if self.retrieval_baseline is not None and output.caption_vector is not None:
+            self.retrieval_baseline.update(
+                [sample["id"]],
+                output.caption_vector[None],
+                [sample["captions"]],
+                output.reference_vectors,
+                [sample["changed"]],
+            )
 
     def compute(self, dataset, root: str | Path, meteor: bool | None = None) -> dict[str, Any]:
         """Caption keys as ``changescope score`` gives them, ``detection``, ``vqa`` and ``grounding``."""
@@ -171,6 +219,16 @@ class SplitMetrics:
             result["vqa"] = self.answers.compute()
         if self.grounding is not None and len(self.grounding):
             result["grounding"] = self.grounding.compute()
+        if self.retrieval is not None and len(self.retrieval):
+            result["retrieval"] = self.retrieval.compute()
+            mixed = any(self.retrieval.changed.values()) and not all(self.retrieval.changed.values())
+            if mixed:
+                result["retrieval"]["changed_only"] = self.retrieval.compute(exclude_unchanged=True)
+            if len(self.retrieval_baseline):
+                baseline = self.retrieval_baseline.compute()
+                if mixed:
+                    baseline["changed_only"] = self.retrieval_baseline.compute(exclude_unchanged=True)
+                result["retrieval"]["caption_baseline"] = baseline
         return result
 
 
@@ -183,6 +241,7 @@ def score_split(
     masks: bool = True,
     captions: bool = True,
     on_pair: Callable[[PairOutput], None] | None = None,
+    retrieval: bool = True,
 ) -> SplitMetrics:
     """Run ``predict_split`` over a split and accumulate its scores; ``on_pair`` sees every pair's output
     (the demo draws its overlays from it)."""
@@ -191,6 +250,7 @@ def score_split(
 
     masks = masks and "mask" in model.tasks and getattr(dataset, "has_masks", True)
     captions = captions and model.decoder is not None
+    retrieval = retrieval and "retrieval" in model.tasks and any(e.captions for e in dataset.entries)
     tasks = [t for t in ("vqa", "grounding") if t in model.tasks and any(r.task == t for r in records or ())]
     queries = attach(dataset.entries, [r for r in records if r.task in tasks], "records") if tasks else None
     metrics = SplitMetrics(
@@ -200,9 +260,11 @@ def score_split(
         no_change_sentences=tuple(getattr(type(dataset), "no_change_sentences", ())),
         vqa="vqa" in tasks,
         grounding="grounding" in tasks,
+        retrieval=retrieval,
     )
     with torch.inference_mode():
-        for output in predict_split(model, processor, dataset, decoding, masks, captions, queries):
+        outputs = predict_split(model, processor, dataset, decoding, masks, captions, queries, retrieval)
+        for output in outputs:
             metrics.update(output)
             if on_pair is not None:
                 on_pair(output)
@@ -220,7 +282,9 @@ def evaluate(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
-    gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type) and ``grounding`` (mIoU, cIoU)."""
+    gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type), ``grounding`` (mIoU, cIoU) and
+    ``retrieval`` (both directions, RSICRC's numbers, changed pairs only, and the caption-embedding
+    baseline)."""
     from changescope.data.sample import BINARY_CLASSES
     from changescope.tasks.queries import open_pairs
 
@@ -229,7 +293,9 @@ def evaluate(
     dataset, records = open_pairs(data, split, format)
     records = [r for r in records if r.task in model.tasks]
     with_masks = "mask" in model.tasks and dataset.has_masks
-    with_captions = model.decoder is not None and any(e.captions for e in dataset.entries)
+    has_references = any(e.captions for e in dataset.entries)
+    with_captions = model.decoder is not None and has_references
+    with_retrieval = "retrieval" in model.tasks and has_references
     binary = tuple(dataset.classes) == BINARY_CLASSES
     if with_masks and not binary and list(dataset.classes) != list(model.config.classes):
         raise DataError(
@@ -237,7 +303,7 @@ def evaluate(
             f"the data's mask classes {list(dataset.classes)} differ from the model's "
             f"{list(model.config.classes)}",
         )
-    if not (with_captions or with_masks or records):
+    if not (with_captions or with_masks or with_retrieval or records):
         raise DataError(
             data,
             "this split has nothing the model can be scored on "

@@ -21,15 +21,24 @@ CAPTION_MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 MASK_MONITORS = ("mIoU", "mIoU_no_bg", "mF1_no_bg", "change_F1", "change_IoU", "change_F1_cal")
 VQA_MONITORS = ("vqa_OA", "vqa_AA")
 GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
+#: retrieval scores are the mean of the text -> pair and pair -> text directions
+RETRIEVAL_MONITORS = ("retrieval_R@1", "retrieval_R@5", "retrieval_R@10", "retrieval_MRR")
 #: metric -> the task that produces it
 METRIC_TASK = {
     **{m: "caption" for m in CAPTION_MONITORS},
     **{m: "mask" for m in MASK_MONITORS},
     **{m: "vqa" for m in VQA_MONITORS},
     **{m: "grounding" for m in GROUNDING_MONITORS},
+    **{m: "retrieval" for m in RETRIEVAL_MONITORS},
 }
 MONITORS = tuple(METRIC_TASK)
-PRIMARY = {"caption": "CIDEr-D", "mask": "mIoU_no_bg", "vqa": "vqa_OA", "grounding": "grounding_mIoU"}
+PRIMARY = {
+    "caption": "CIDEr-D",
+    "mask": "mIoU_no_bg",
+    "vqa": "vqa_OA",
+    "grounding": "grounding_mIoU",
+    "retrieval": "retrieval_R@5",
+}
 TASKS = tuple(PRIMARY)
 #: what --accelerator takes (Lightning's accelerator names)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
@@ -55,6 +64,7 @@ FREEZABLE = {
     "change_head": ("change_head",),
     "questions": ("question_encoder", "fusion", "answer_head"),
     "grounding": ("grounding_head",),
+    "retrieval": ("retrieval_head",),
 }
 
 
@@ -160,13 +170,14 @@ class TrainOptions:
     )
     tasks: str | None = option(
         None,
-        "A comma-separated subset of caption, mask, vqa, grounding (default: what the preset and the data "
-        "allow).",
+        "A comma-separated subset of caption, mask, vqa, grounding, retrieval (default: what the preset and "
+        "the data allow).",
     )
     mask_weight: float = option(1.0, "Weight of the mask loss.")
     dice_weight: float = option(1.0, "Weight of the soft Dice term within the mask and grounding losses.")
     vqa_weight: float = option(1.0, "Weight of the VQA loss.")
     grounding_weight: float = option(1.0, "Weight of the grounding loss.")
+    retrieval_weight: float = option(1.0, "Weight of the retrieval (InfoNCE) loss.")
     free_form_weight: float = option(
         0.5, "Weight of the free-form (caption decoder) answer loss within the VQA loss."
     )
@@ -254,8 +265,8 @@ class TrainOptions:
         for name in ("seed", "patience", "num_workers"):
             if getattr(self, name) < 0:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("mask_weight", "dice_weight", "vqa_weight", "grounding_weight", "free_form_weight",
-                     "backbone_lr_scale", "weight_decay"):  # fmt: skip
+        for name in ("mask_weight", "dice_weight", "vqa_weight", "grounding_weight", "retrieval_weight",
+                     "free_form_weight", "backbone_lr_scale", "weight_decay"):  # fmt: skip
             if not getattr(self, name) >= 0:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -72,6 +72,8 @@ pl = require("lightning.pytorch", "train", "training")
 
 #: bins of the change-probability histograms that calibrate the change threshold
 THRESHOLD_BINS = 50
+#: size of the retrieval embeddings a run adds when it trains the retrieval task (override: retrieval_dim)
+RETRIEVAL_DIM = 256
 
 
 class ChangeTask(pl.LightningModule):
@@ -154,9 +156,24 @@ class ChangeTask(pl.LightningModule):
             ground = grounding_loss(logits, batch["g_masks"], self.options.dice_weight)
             self.log("train/grounding_loss", ground, batch_size=size)
             loss = loss + self.options.grounding_weight * ground
+        if "retrieval" in self.tasks:
+            retrieval = self._retrieval_loss(out, batch)
+            self.log("train/retrieval_loss", retrieval, batch_size=size)
+            loss = loss + self.options.retrieval_weight * retrieval
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self._train_losses.append(loss.detach())
         return loss
+
+    def _retrieval_loss(self, out, batch) -> torch.Tensor:
+        """InfoNCE both ways between each pair and the caption drawn for it this visit; no-change pairs and
+        pairs drawn the same sentence are each other's positives (``heads.retrieval_head.relevance``)."""
+        from changescope.models.heads.retrieval_head import relevance, retrieval_loss
+
+        texts = batch["caption_text"]
+        pairs = self.model.embed_pairs(out.memory)
+        positives = relevance(batch["changed"].to(pairs.device), texts)
+        scale = self.model.retrieval_head.scale()
+        return retrieval_loss(pairs, self.model.embed_texts(texts), positives, scale)
 
     def _vqa_loss(self, out, batch) -> torch.Tensor:
         """Type CE + closed-answer CE (open questions have no closed answer) + free-form answer CE."""
@@ -180,6 +197,7 @@ class ChangeTask(pl.LightningModule):
         from changescope.metrics.accumulators import (
             CaptionAccumulator,
             GroundingAccumulator,
+            RetrievalAccumulator,
             VQAAccumulator,
         )
         from changescope.metrics.segmentation import ConfusionMatrix
@@ -187,6 +205,7 @@ class ChangeTask(pl.LightningModule):
         self._captions = CaptionAccumulator(self.no_change)
         self._answers = VQAAccumulator()
         self._grounding = GroundingAccumulator()
+        self._retrieval = RetrievalAccumulator()
         classes = self.model.config.classes
         self._confusion = ConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX) if classes else None
         self._binary_confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
@@ -219,6 +238,12 @@ class ChangeTask(pl.LightningModule):
         if "caption" in self.tasks:
             texts = self.processor.decode(self.model.decoder.generate(out.memory, beam_size=1))
             self._captions.update(batch["id"], texts, batch["captions"], batch["changed"].tolist())
+        if "retrieval" in self.tasks:
+            texts = [list(refs) for refs in batch["captions"]]
+            flat = self.model.embed_texts([t for refs in texts for t in refs]) if any(texts) else None
+            self._retrieval.update(
+                batch["id"], self.model.embed_pairs(out.memory), texts, flat, batch["changed"].tolist()
+            )
 
     def _update_histograms(self, change_logit, target) -> None:
         if self._histograms is None:
@@ -251,13 +276,13 @@ class ChangeTask(pl.LightningModule):
         if self.trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
             return
         shards: list = [None] * dist.get_world_size()
-        dist.all_gather_object(shards, (self._captions, self._answers, self._grounding))
+        mine = (self._captions, self._answers, self._grounding, self._retrieval)
+        dist.all_gather_object(shards, mine)
         rank = dist.get_rank()
-        for index, (captions, answers, grounding) in enumerate(shards):
+        for index, theirs in enumerate(shards):
             if index != rank:
-                self._captions.merge(captions)
-                self._answers.merge(answers)
-                self._grounding.merge(grounding)
+                for accumulator, other in zip(mine, theirs, strict=True):
+                    accumulator.merge(other)
         for confusion in (self._confusion, self._binary_confusion):
             if confusion is not None:
                 dist.all_reduce(confusion.matrix)
@@ -288,6 +313,11 @@ class ChangeTask(pl.LightningModule):
         if len(self._grounding):
             scores = self._grounding.compute()
             values["grounding_mIoU"], values["grounding_cIoU"] = scores["mIoU"], scores["cIoU"]
+        if len(self._retrieval):
+            scores = self._retrieval.compute()
+            for key in ("R@1", "R@5", "R@10", "MRR"):
+                both = (scores["text_to_pair"][key] + scores["pair_to_text"][key]) / 2
+                values[f"retrieval_{key}"] = both
         self._reset_validation()
         monitor = self.options.monitor or ""
         if "+" in monitor and all(part in values for part in monitor.split("+")):
@@ -425,12 +455,14 @@ def _check_tasks(options: TrainOptions, tasks, train_ds, records, captions) -> N
         "mask": train_ds.has_masks,
         "vqa": any(r.task == "vqa" for r in records),
         "grounding": any(r.task == "grounding" for r in records),
+        "retrieval": bool(captions),
     }
     what = {
         "caption": "captions",
         "mask": "change masks",
         "vqa": "question records",
         "grounding": "grounding records",
+        "retrieval": "captions",
     }
     for task in tasks:
         if not have[task]:
@@ -466,6 +498,10 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
             answer_types[OPEN] = []
         overrides.update(answers=answers, qtypes=qtypes, answer_types=answer_types)
     overrides["grounding"] = "grounding" in tasks
+    if "retrieval" in tasks:
+        overrides.setdefault("retrieval_dim", RETRIEVAL_DIM)
+    else:
+        overrides["retrieval_dim"] = 0
     if options.question_encoder is not None:
         overrides["question_encoder"] = options.question_encoder
     vocab = None
@@ -510,6 +546,7 @@ TASK_FIELDS = {
     "mask": ("classes",),
     "vqa": ("answers", "qtypes", "answer_types"),
     "grounding": ("grounding",),
+    "retrieval": ("retrieval_dim",),
 }
 
 
@@ -558,9 +595,16 @@ def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str
         "mask": bool(config.classes),
         "vqa": bool(config.answers),
         "grounding": config.grounding,
+        "retrieval": config.retrieval_dim > 0,
     }
     untrained = [t for t, has in model_tasks.items() if has and t not in tasks]
-    heads = {"caption": "decoder", "mask": "mask_head", "vqa": "questions", "grounding": "grounding"}
+    heads = {
+        "caption": "decoder",
+        "mask": "mask_head",
+        "vqa": "questions",
+        "grounding": "grounding",
+        "retrieval": "retrieval",
+    }
     frozen = (["encoder"] if untrained else []) + [heads[t] for t in untrained]
     if "grounding" in untrained and "mask_head" not in frozen:
         # grounding reads the mask head's fused map: that map must not move, so only the change head
@@ -685,7 +729,7 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
             options.seed,
             model,
             masks="mask" in tasks,
-            captions="caption" in tasks,
+            captions="caption" in tasks or "retrieval" in tasks,
             queries=queries,
             questions=options.questions_per_pair,
             open_prompts="vqa" in tasks and "caption" in tasks,
