@@ -98,3 +98,8 @@ def test_accumulator_scores_perfect_embeddings_perfectly_and_merges():
     # a no-change query has every no-change pair as relevant: R@k over the relevant set is 1 / 2 at k = 1
     assert whole["rsicrc"]["R@1"] < 1.0 == whole["rsicrc"]["P@1"]
 
+
+def test_one_pair_in_training_uses_the_running_statistics():
+    head = RetrievalHead(memory_dim=16, text_dim=8, dim=4).train()
+    assert head.embed_pairs(torch.randn(1, 5, 16)).shape == (1, 4)  # no "more than 1 value" error
+    assert head.embed_pairs(torch.randn(3, 5, 16)).shape == (3, 4)

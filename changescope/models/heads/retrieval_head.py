@@ -29,9 +29,13 @@ class RetrievalHead(nn.Module):
     def __init__(self, memory_dim: int, text_dim: int, dim: int = 256, num_heads: int = 4):
         super().__init__()
         self.dim = dim
-        self.query = nn.Parameter(torch.randn(1, 1, memory_dim) * 0.02)
+        self.query = nn.Parameter(torch.randn(1, 1, memory_dim))
+        self.norm = nn.LayerNorm(memory_dim)
         self.pool = nn.MultiheadAttention(memory_dim, num_heads, batch_first=True)
-        self.pair_proj = nn.Sequential(nn.LayerNorm(memory_dim), nn.Linear(memory_dim, dim))
+        # the pooled change tokens of all pairs share a large common part: centred and scaled over the
+        # pairs (batch statistics in training, running ones after), their differences lead from the first
+        # step; with a LayerNorm here every pair started at cosine 0.99 and training sat in that collapse
+        self.pair_proj = nn.Sequential(nn.BatchNorm1d(memory_dim), nn.Linear(memory_dim, dim))
         self.text_proj = nn.Sequential(
             nn.LayerNorm(text_dim), nn.Linear(text_dim, text_dim), nn.GELU(), nn.Linear(text_dim, dim)
         )
@@ -39,8 +43,17 @@ class RetrievalHead(nn.Module):
 
     def embed_pairs(self, memory: Tensor) -> Tensor:
         """Change tokens ``[B, N, D]`` -> unit pair embeddings ``[B, dim]``."""
+        memory = self.norm(memory)
         pooled, _ = self.pool(self.query.expand(memory.shape[0], -1, -1), memory, memory, need_weights=False)
-        return F.normalize(self.pair_proj(pooled[:, 0]).float(), dim=-1)
+        norm, proj = self.pair_proj
+        x = pooled[:, 0]
+        if self.training and len(x) == 1:  # one pair has no batch statistics: use the running ones
+            x = F.batch_norm(
+                x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+            )
+        else:
+            x = norm(x)
+        return F.normalize(proj(x).float(), dim=-1)
 
     def embed_texts(self, tokens: Tensor, pad: Tensor) -> Tensor:
         """Text token features ``[N, L, E]`` with their padding mask (True = padding) -> ``[N, dim]``."""
