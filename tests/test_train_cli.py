@@ -220,3 +220,32 @@ def test_train_flags_win_over_the_yaml_and_the_yaml_fills_the_rest(tmp_path, syn
     assert main([*argv, "--no-augment"]) == 1
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_init_from_the_default_builds_its_backbone_from_the_package(tmp_path):
+    """The shipped default keeps its frozen backbone in the weights package, not in model.safetensors:
+    fine-tuning from it must start from those ImageNet weights, not from a random backbone."""
+    import torch
+
+    from changescope.models.change_model import ChangeModel
+    from changescope.models.hub import from_pretrained
+    from changescope.tasks.inference import resolve_model
+    from changescope.tasks.training import TrainOptions, _keep_init_heads, build_config, load_init_weights
+
+    options = TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), init="default", tasks="mask")
+    config, _ = _keep_init_heads(options, build_config("lite", 0), None, ("mask",))
+    assert config.backbone_pretrained
+    model = ChangeModel(config)
+    counts = load_init_weights(model, "default")
+    assert counts["new"] == 0 and counts["packaged"] > 0
+    shipped, _ = from_pretrained(resolve_model("default"))
+    mine = model.state_dict()
+    backbone = [name for name in shipped.state_dict() if name.startswith("backbone.")]
+    assert backbone and all(name in mine for name in backbone)
+    for name, tensor in shipped.state_dict().items():
+        if name.startswith(("backbone.", "encoder.")):
+            torch.testing.assert_close(mine[name], tensor, msg=name)
+
+    config.backbone_pretrained = False  # a random backbone with weights that expect the packaged one
+    with pytest.raises(Exception, match="random one"):
+        load_init_weights(ChangeModel(config), "default")

@@ -561,6 +561,9 @@ def _keep_init_heads(
     path = resolve_model(options.init)
     init = ModelConfig.load(path / "config.json")
     merged = ModelConfig.from_dict(init.to_dict(), path)
+    # a saved model whose weights file leaves the frozen backbone to its package (``hub``): build it from
+    # the package, as from_pretrained does; without this --init trained on a random backbone
+    merged.backbone_pretrained = merged.backbone_pretrained or init.backbone_weights == "package"
     for task in tasks:
         for name in TASK_FIELDS[task]:
             setattr(merged, name, getattr(config, name))
@@ -637,12 +640,20 @@ def load_init_weights(model: ChangeModel, init: str) -> dict[str, int]:
     if not path.is_file():
         raise DataError(path, "--init needs a saved model (model.safetensors not found)")
     saved = load_file(str(path))
+    packaged = ModelConfig.load(path.parent / "config.json").backbone_weights == "package"
+    if packaged and not model.config.backbone_pretrained:
+        raise ChangescopeError(
+            f"--init {init}: its backbone comes from the {model.config.backbone} package, but this model was "
+            "built with a random one (backbone_pretrained is false)"
+        )
     state = model.state_dict()
-    counts = {"copied": 0, "grown": 0, "skipped": 0, "new": 0}
+    counts = {"copied": 0, "grown": 0, "skipped": 0, "new": 0, "packaged": 0}
     with torch.no_grad():
         for name, tensor in state.items():
             old = saved.get(name)
-            if old is None:
+            if old is None and packaged and name.startswith("backbone."):
+                counts["packaged"] += 1  # built from the package already (see _keep_init_heads)
+            elif old is None:
                 counts["new"] += 1
             elif old.shape == tensor.shape:
                 tensor.copy_(old.to(tensor.dtype))
