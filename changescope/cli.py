@@ -884,6 +884,34 @@ def _check_index_out(out: Path) -> None:
         raise DataError(out, "exists and is not an index (no index.json): give a new or empty folder")
 
 
+#: the names ``index --clip`` takes (``models.clip_encoders.CLIP_MODELS``; a test keeps the two equal)
+CLIP_NAMES = (
+    "remoteclip-vit-b-32",
+    "remoteclip-vit-l-14",
+    "georsclip-vit-b-32",
+    "skyclip-vit-b-32",
+    "git-rsclip",
+    "git-rsclip-base",
+)
+
+
+def _load_clip_option(name: str, weights: Path | None, config: Path | None):
+    """``index --clip NAME --clip-weights PATH [--clip-config JSON]``: the loaded ClipEncoder, or one line
+    (an unknown name, the package missing, the weights absent: where to download them)."""
+    from changescope.errors import require_all
+    from changescope.models.clip_encoders import clip_spec
+    from changescope.tasks.search import load_clip_encoder, read_clip_config
+
+    spec = clip_spec(name)  # an unknown name: one line listing the known ones
+    if spec.library == "open_clip":
+        require_all(("open_clip",), "clip", f"changescope index --clip {name}")
+    else:
+        require_all(("transformers",), "vqa", f"changescope index --clip {name}")
+        if config is not None:
+            raise typer.BadParameter(f"--clip-config is for open_clip models, not {name}")
+    return load_clip_encoder(name, weights, read_clip_config(config) if config is not None else None)
+
+
 @app.command()
 def index(
     paths: list[str] = typer.Argument(
@@ -903,6 +931,22 @@ def index(
         None, "--tile", help="Scene pair: tile size in A's pixels (default 256), one index row per tile."
     ),
     precision: str | None = _precision_option(),
+    clip: str | None = typer.Option(
+        None,
+        "--clip",
+        help="Embed with a remote-sensing CLIP instead of MODEL's retrieval head: " + ", ".join(CLIP_NAMES),
+    ),
+    clip_weights: Path | None = typer.Option(
+        None,
+        "--clip-weights",
+        help="With --clip: the downloaded weights (a checkpoint file; Git-RSCLIP: its directory).",
+    ),
+    clip_config: Path | None = typer.Option(
+        None,
+        "--clip-config",
+        help="With --clip: an open_clip config JSON (embed_dim, vision_cfg, text_cfg) for a custom-size "
+        "model, instead of the named architecture.",
+    ),
 ) -> None:
     """Embed image pairs with a model's retrieval head into a search index (see `changescope search`).
 
@@ -912,6 +956,10 @@ def index(
     one stretch for both dates, as `changescope scene` reads them); each tile is a row with id
     tile_<row>_<col>, its window (x, y, w, h in A's pixels), its footprint (a GeoJSON Polygon in lon/lat,
     when the scenes are georeferenced) and the scene paths. An index holds the tiles of one scene pair.
+
+    With --clip NAME --clip-weights PATH a remote-sensing CLIP embeds each pair instead, as the unit
+    vector of image(after) - image(before); `changescope search` then embeds queries with that CLIP. A
+    pair whose two dates embed identically has no change direction and is skipped (counted unchanged).
     """
     _check_precision(precision)
     if batch_size < 1:
@@ -919,6 +967,16 @@ def index(
     if not 1 <= len(paths) <= 3:
         raise typer.BadParameter("give SOURCE or A.tif B.tif, optionally after MODEL")
     model_spec, inputs = _split_model_arg(paths)
+    if clip is None and (clip_weights is not None or clip_config is not None):
+        option = "--clip-weights" if clip_weights is not None else "--clip-config"
+        raise typer.BadParameter(f"{option} goes with --clip NAME")
+    if clip is not None:
+        if len(inputs) < len(paths):
+            raise typer.BadParameter(f"give MODEL or --clip, not both ({model_spec} and {clip})")
+        if precision is not None:
+            raise typer.BadParameter("--precision is for a changescope model, not --clip (CLIPs run in fp32)")
+        if clip_weights is None:
+            raise typer.BadParameter(f"--clip {clip} needs --clip-weights (the downloaded weights)")
     if len(inputs) == 2:
         if split is not None or format is not None:
             option = "--split" if split is not None else "--format"
@@ -926,7 +984,7 @@ def index(
         tile = 256 if tile is None else tile
         if tile < 32:
             raise typer.BadParameter(f"--tile must be >= 32, got {tile}")
-        _index_scene(model_spec, inputs, out, tile, batch_size, precision)
+        _index_scene(model_spec, inputs, out, tile, batch_size, precision, (clip, clip_weights, clip_config))
         return
     if tile is not None:
         raise typer.BadParameter("--tile is for a scene pair (A.tif B.tif), not a folder or manifest")
@@ -940,8 +998,10 @@ def index(
 
     _check_index_out(out)
     rows = source_pairs(Path(inputs[0]), split, format)  # lists files, reads no image
-    _check_retrieval_model(model_spec)
+    if clip is None:
+        _check_retrieval_model(model_spec)
     check_pair_files([(r["id"], Path(r["before"]), Path(r["after"])) for r in rows])  # headers only
+    encoder = _load_clip_option(clip, clip_weights, clip_config) if clip is not None else None
     with Progress(transient=True) as progress:
         task = progress.add_task("embedding pairs", total=None)
         summary = build_index(
@@ -951,12 +1011,13 @@ def index(
             batch_size,
             precision,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            clip=encoder,
         )
     _report_index(summary, "pairs")
 
 
 def _index_scene(
-    model_spec: str, inputs: list[str], out: Path, tile: int, batch_size: int, precision
+    model_spec: str, inputs: list[str], out: Path, tile: int, batch_size: int, precision, clip_options
 ) -> None:
     from changescope.errors import require_all
 
@@ -968,7 +1029,10 @@ def _index_scene(
 
     before, after = _input_file(Path(inputs[0]), "scene"), _input_file(Path(inputs[1]), "scene")
     _check_index_out(out)
-    _check_retrieval_model(model_spec)
+    clip, clip_weights, clip_config = clip_options
+    if clip is None:
+        _check_retrieval_model(model_spec)
+    encoder = _load_clip_option(clip, clip_weights, clip_config) if clip is not None else None
     with Progress(transient=True) as progress:
         task = progress.add_task("embedding tiles", total=None)
         summary = build_scene_index(
@@ -980,6 +1044,7 @@ def _index_scene(
             batch_size=batch_size,
             precision=precision,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            clip=encoder,
         )
     _report_index(summary, "tiles")
 
@@ -988,6 +1053,8 @@ def _report_index(summary: dict, noun: str) -> None:
     kept = f", kept {summary['kept']} already indexed" if summary["kept"] else ""
     if summary.get("skipped"):
         kept += f", skipped {summary['skipped']} without valid pixels in both dates"
+    if summary.get("unchanged"):
+        kept += f", skipped {summary['unchanged']} unchanged (the CLIP embeds both dates alike)"
     typer.echo(
         f"added {summary['added']} {noun} to {summary['index']}{kept} ({summary['total']} in the index)"
     )
@@ -1007,12 +1074,18 @@ def search(
         "--geojson",
         help="Also write the hits that have a footprint (scene tiles) as a FeatureCollection.",
     ),
+    clip_weights: Path | None = typer.Option(
+        None,
+        "--clip-weights",
+        help="An index built with --clip: its CLIP's weights (default: the path the index records).",
+    ),
 ) -> None:
     """Find the indexed pairs that best match a sentence: rank, score (cosine similarity), id, before, after.
 
     The query is embedded by the model the index was built with (a search with another model is refused:
     its embeddings would not be comparable). Scene tiles also show their footprint (west,south,east,north
-    in lon/lat); --geojson writes those hits as GeoJSON features.
+    in lon/lat); --geojson writes those hits as GeoJSON features. An index built with --clip is searched
+    with that CLIP (same weights file, by SHA-256): the query's noun phrase in the CLIP's prompt.
     """
     from changescope.errors import require_all
 
@@ -1028,7 +1101,11 @@ def search(
     if model is not None:
         _check_retrieval_model(model)
     _check_index(index)
-    hits = run_search(index, query, k, model)
+    if model is not None and clip_weights is not None:
+        raise typer.BadParameter(
+            "give --model (a changescope index) or --clip-weights (a CLIP index), not both"
+        )
+    hits = run_search(index, query, k, model, clip_weights)
     if geojson is not None:
         write_json_atomic(geojson, hits_geojson(hits))
     if as_json:

@@ -15,6 +15,9 @@ retrieval head and stored with:
 
 Tile ids name grid positions, so an index holds the tiles of one scene pair at one tile size: another
 pair, or another ``tile``, on the same index is refused in one line (give another ``--out``).
+
+With ``clip=`` (a ``models.clip_encoders.ClipEncoder``) the tiles are embedded by that CLIP instead, as
+``tasks.search`` embeds pairs with one; a tile whose dates embed identically is counted as ``unchanged``.
 """
 
 from __future__ import annotations
@@ -88,10 +91,14 @@ def _footprint(pair, window: tuple[int, int, int, int], to_lonlat) -> dict[str, 
 
 
 def iter_tile_embeddings(
-    model, processor, pair, rows: list[tuple[dict, Any]], batch_size: int = 8
+    model, processor, pair, rows: list[tuple[dict, Any]], batch_size: int = 8, clip=None
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """``(row, unit embedding)`` for every tile that holds valid pixels (tiles without are skipped),
-    ``batch_size`` tiles read and embedded at a time."""
+    ``batch_size`` tiles read and embedded at a time. With ``clip`` (a ``ClipEncoder``; ``model`` and
+    ``processor`` unused) each tile is ``clip.embed_pairs(before, after)``: zero when nothing changed."""
+    if clip is not None:
+        yield from _clip_tile_embeddings(clip, pair, rows, batch_size)
+        return
     model.require("retrieval")
     remaining = iter(rows)
     with torch.inference_mode():
@@ -103,6 +110,18 @@ def iter_tile_embeddings(
             images = processor.resize(torch.stack([image for _, image in reads]))
             vectors = model.embed_pairs(model(images, masks=False).memory).numpy()
             yield from zip((row for row, _ in reads), vectors, strict=True)
+
+
+def _clip_tile_embeddings(clip, pair, rows, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
+    remaining = iter(rows)
+    while chunk := list(itertools.islice(remaining, batch_size)):
+        reads = [(row, *pair.read(window)) for row, window in chunk]
+        reads = [(row, image) for row, image, valid in reads if valid.any()]
+        if not reads:
+            continue
+        images = clip.resize(torch.stack([image for _, image in reads]))  # [B, 2, 3, S, S]
+        vectors = clip.embed_pairs(images[:, 0], images[:, 1]).numpy()
+        yield from zip((row for row, _ in reads), vectors, strict=True)
 
 
 def _held_tile(out: Path) -> dict[str, Any] | None:
@@ -148,10 +167,13 @@ def build_scene_index(
     progress: Callable[[int, int], Any] | None = None,
     bands: tuple[int, int, int] | None = None,
     stretch: str = "auto",
+    clip=None,
 ) -> dict[str, Any]:
     """Add the tiles of scenes ``a`` and ``b`` to the index folder ``out`` (created when absent); tiles
-    the index holds already are skipped. Returns ``{"added", "kept", "total", "index", "tiles", "skipped"}``
-    (``skipped``: tiles without a valid pixel in both dates). ``progress(done, total)`` counts tiles."""
+    the index holds already are skipped. Returns ``{"added", "kept", "total", "index", "tiles", "skipped",
+    "unchanged"}`` (``skipped``: tiles without a valid pixel in both dates; ``unchanged``: with ``clip``, a
+    ``ClipEncoder`` that then embeds the tiles instead of ``spec``'s model, tiles whose dates embed
+    identically). ``progress(done, total)`` counts tiles."""
     from changescope.geo.raster import aligned_pair
     from changescope.tasks.inference import load
     from changescope.tasks.scene import GDAL_CACHE_MB
@@ -165,19 +187,27 @@ def build_scene_index(
         rows = tile_rows(pair, a, b, tile)
         if rows:  # before the model loads: a refusal costs nothing
             _check_same_scene(out, rows[0][0])
-        model, processor, path = load(spec, precision)
-        model.require("retrieval")
-        index = open_index(out, model_identity(model, path))
+        if clip is None:
+            model, processor, path = load(spec, precision)
+            model.require("retrieval")
+            identity = model_identity(model, path)
+        else:
+            model = processor = None
+            identity = clip.identity()
+        index = open_index(out, identity)
         known = set(index.ids())
         pending = [(row, window) for row, window in rows if row["id"] not in known]
-        done, added = 0, 0
+        done, added, unchanged = 0, 0, 0
         vectors, batch = [], []
         if progress is not None:
             progress(0, len(pending))
         try:
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
-                for row, vector in iter_tile_embeddings(model, processor, pair, chunk, batch_size):
+                for row, vector in iter_tile_embeddings(model, processor, pair, chunk, batch_size, clip):
+                    if not vector.any():  # a CLIP's tile without change: no direction to store
+                        unchanged += 1
+                        continue
                     batch.append(row)
                     vectors.append(vector)
                 if batch:
@@ -194,7 +224,8 @@ def build_scene_index(
     return {
         "added": added,
         "kept": len(rows) - len(pending),
-        "skipped": len(pending) - added,
+        "skipped": len(pending) - added - unchanged,
+        "unchanged": unchanged,
         "tiles": len(rows),
         "total": len(index),
         "index": str(out),

@@ -7,6 +7,13 @@ same model's text side (``embed_texts``) and returns ranked pairs with their sco
 
 An index records the model it was built with (path, the SHA-256 of its weights, the embedding size): a
 search with another model, or an index whose embeddings have another size, is refused in one line.
+
+The CLIP option (``clip=``, ``changescope index --clip NAME --clip-weights PATH``): a remote-sensing CLIP
+(``models.clip_encoders``) embeds each pair as ``unit(image(after) - image(before))`` instead, and the index
+records ``ClipEncoder.identity()`` (name, architecture, weights SHA-256 and path, embedding
+``changescope-clip/1``). ``search`` sees that identity, loads the same CLIP (the recorded path, or the one
+given) and embeds the query as ``zero_shot`` does: its noun phrase in the model's prompt. A pair whose two
+dates embed identically has no change direction: it is skipped and counted as ``unchanged``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,64 @@ def model_identity(model, path: str | Path) -> dict[str, Any]:
         "embedding": EMBEDDING,
         "dim": int(model.config.retrieval_dim),
     }
+
+
+def is_clip_index(identity: dict[str, Any]) -> bool:
+    """Whether an index's model identity is a CLIP's (``changescope index --clip``)."""
+    from changescope.models.clip_encoders import EMBEDDING as CLIP_EMBEDDING
+
+    return identity.get("embedding") == CLIP_EMBEDDING
+
+
+def read_clip_config(path: str | Path) -> dict[str, Any]:
+    """An explicit open_clip config (``embed_dim``, ``vision_cfg``, ``text_cfg``) from a JSON file: for a
+    custom-size CLIP (``--clip-config``) instead of the named model's architecture."""
+    import json
+
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "not found (an open_clip config as JSON)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(path, f"not a readable JSON config ({err})") from None
+    missing = [
+        k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(config, dict) or k not in config
+    ]
+    if missing:
+        raise DataError(path, f"not an open_clip config: needs {', '.join(missing)}")
+    return config
+
+
+def load_clip_encoder(name: str, weights: str | Path | None, config: dict | None = None):
+    """The ``ClipEncoder`` ``name`` with its weights (``models.clip_encoders.load_clip``), on the CPU."""
+    from changescope.models.clip_encoders import load_clip
+
+    return load_clip(name, weights, model_cfg=config)
+
+
+def clip_for_index(index_path: str | Path, identity: dict[str, Any], weights: str | Path | None = None):
+    """The CLIP an index records (``identity``), with ``weights`` or else the path it records; the caller
+    checks the loaded encoder's identity against the index (another file is refused there)."""
+    from changescope.models.clip_encoders import CLIP_MODELS, load_clip, weights_source
+
+    name = identity.get("name")
+    if name not in CLIP_MODELS:
+        raise DataError(index_path, f"built with CLIP {name!r}, which this changescope does not know")
+    spec = CLIP_MODELS[name]
+    if weights is None:
+        weights = identity.get("path")
+        if not weights:
+            raise DataError(index_path, f"records no {spec.title} weights path: give it with --clip-weights")
+        if not Path(weights).exists():
+            raise DataError(
+                weights,
+                f"the {spec.title} weights this index was built with are not there: give them with "
+                f"--clip-weights ({weights_source(spec)})",
+            )
+    config = identity.get("config")
+    architecture = identity.get("architecture") if spec.library == "open_clip" and not config else None
+    return load_clip(name, weights, model_cfg=config, architecture=architecture)
 
 
 def source_pairs(source: str | Path, split: str | None = None, format: str | None = None) -> list[dict]:
@@ -116,6 +181,21 @@ def iter_embeddings(
             yield from zip(chunk, vectors, strict=True)
 
 
+def iter_clip_embeddings(
+    clip, rows: Iterable[dict], batch_size: int = 32
+) -> Iterator[tuple[dict, np.ndarray]]:
+    """``(row, pair embedding)`` for every row, by a ``ClipEncoder``: ``unit(after - before)`` of its unit
+    image embeddings, a zero vector for a pair whose dates embed identically (``ClipEncoder.embed_pairs``)."""
+    from changescope.models.processor import ChangeProcessor
+
+    remaining = iter(rows)
+    while chunk := list(itertools.islice(remaining, batch_size)):
+        # each pair resized to the CLIP's input size on its own: the pairs of an archive differ in size
+        images = torch.stack([clip.resize(ChangeProcessor.read_pair(r["before"], r["after"])) for r in chunk])
+        vectors = clip.embed_pairs(images[:, 0], images[:, 1]).numpy()
+        yield from zip(chunk, vectors, strict=True)
+
+
 def open_index(out: str | Path, identity: dict[str, Any]):
     """The index folder ``out`` to add to: loaded and checked against the model ``identity`` when it holds
     an index, a new empty one when ``out`` is absent or an empty folder; anything else is refused."""
@@ -138,15 +218,31 @@ def build_index(
     batch_size: int = 32,
     precision: str | None = None,
     progress=None,
+    clip=None,
 ) -> dict[str, Any]:
     """Add the pairs of ``rows`` (see :func:`source_pairs`) to the index folder ``out`` (created when
     absent); pairs whose id the index already holds (or that repeat an earlier row's id) are skipped.
-    Returns ``{"added", "kept", "total", "index"}``. ``progress(done, total)`` is called before the first
-    batch and after each one, with the pairs embedded so far and the number to embed."""
-    model, processor, path = load(spec, precision)
-    model.require("retrieval")
+    Returns ``{"added", "kept", "unchanged", "total", "index"}``. ``progress(done, total)`` is called before
+    the first batch and after each one, with the pairs embedded so far and the number to embed.
+
+    With ``clip`` (a ``ClipEncoder``; ``spec`` and ``precision`` are then unused) the pairs are embedded by
+    that CLIP; a pair whose dates embed identically is not added (``unchanged`` counts them; a rerun
+    embeds them again)."""
+    if clip is None:
+        model, processor, path = load(spec, precision)
+        model.require("retrieval")
+        identity = model_identity(model, path)
+
+        def embeddings(pending: list[dict]):
+            return iter_embeddings(model, processor, pending, batch_size)
+    else:
+        identity = clip.identity()
+
+        def embeddings(pending: list[dict]):
+            return iter_clip_embeddings(clip, pending, batch_size)
+
     out = Path(out)
-    index = open_index(out, model_identity(model, path))
+    index = open_index(out, identity)
     known = set(index.ids())
     pending, seen = [], set(known)
     for row in rows:
@@ -155,24 +251,34 @@ def build_index(
             pending.append(row)
     if progress is not None:
         progress(0, len(pending))
-    done = added = 0
+    done = added = unchanged = 0
     vectors, batch = [], []
     try:
-        for row, vector in iter_embeddings(model, processor, pending, batch_size):
-            batch.append(row)
-            vectors.append(vector)
+        for row, vector in embeddings(pending):
             done += 1
-            if len(batch) == batch_size or done == len(pending):
+            if vector.any():
+                batch.append(row)
+                vectors.append(vector)
+            else:  # a CLIP's pair without change: no direction to store
+                unchanged += 1
+            last = done == len(pending)
+            if batch and (len(batch) == batch_size or last):
                 added += index.add(np.stack(vectors), batch)
                 vectors, batch = [], []
-                if progress is not None:
-                    progress(done, len(pending))
+            if progress is not None and (done % batch_size == 0 or last):
+                progress(done, len(pending))
     except BaseException:  # a pair that cannot be read, Ctrl-C: keep what was embedded, a rerun goes on
         if added:
             index.save(out)
         raise
     index.save(out)
-    return {"added": added, "kept": len(rows) - added, "total": len(index), "index": str(out)}
+    return {
+        "added": added,
+        "kept": len(rows) - added - unchanged,
+        "unchanged": unchanged,
+        "total": len(index),
+        "index": str(out),
+    }
 
 
 def query_index(index, model, query: str, k: int = 10, lock=None) -> list[dict]:
@@ -185,8 +291,10 @@ def query_index(index, model, query: str, k: int = 10, lock=None) -> list[dict]:
         raise ChangescopeError("the search query is empty")
     if k < 1:
         raise ChangescopeError(f"k must be >= 1, got {k}")
+    # a CLIP embeds a query as zero_shot does (its noun phrase in the prompt); the retrieval head as it is
+    embed = getattr(model, "embed_queries", None) or model.embed_texts
     with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode():
-        vector = model.embed_texts([query.strip()]).float().numpy()
+        vector = embed([query.strip()]).float().numpy()
     hits = index.search(vector, k)[0]
     return [
         {"rank": rank, "score": round(float(score), 6), **row} for rank, (row, score) in enumerate(hits, 1)
@@ -194,10 +302,16 @@ def query_index(index, model, query: str, k: int = 10, lock=None) -> list[dict]:
 
 
 def search(
-    index_path: str | Path, query: str, k: int = 10, model_spec: str | Path | None = None
+    index_path: str | Path,
+    query: str,
+    k: int = 10,
+    model_spec: str | Path | None = None,
+    clip_weights: str | Path | None = None,
 ) -> list[dict]:
     """The ``k`` pairs of the index that best match ``query``, best first: each its row (id, before,
-    after, and what else was stored) with ``rank`` and ``score`` (cosine similarity, -1 to 1)."""
+    after, and what else was stored) with ``rank`` and ``score`` (cosine similarity, -1 to 1). An index
+    built with a CLIP is searched with that CLIP (``clip_weights``, default the path it records);
+    ``model_spec`` is for an index built with a changescope model."""
     from changescope.retrieval.index import PairIndex
 
     if not query.strip():
@@ -205,6 +319,20 @@ def search(
     if k < 1:
         raise ChangescopeError(f"--k must be >= 1, got {k}")
     index = PairIndex.load(index_path)
+    if is_clip_index(index.model):
+        if model_spec is not None:
+            raise DataError(
+                index_path,
+                f"built with CLIP {index.model.get('name')}: its queries are embedded by that CLIP "
+                "(--clip-weights), not by --model",
+            )
+        clip = clip_for_index(index_path, index.model, clip_weights)
+        index.check_model(clip.identity())
+        return query_index(index, clip, query, k)
+    if clip_weights is not None:
+        raise DataError(
+            index_path, "built with a changescope model, not a CLIP: --clip-weights is not for it"
+        )
     spec = model_spec or index.model.get("path")
     if not spec:
         raise DataError(index_path, "records no model path: give the model that built it (--model)")
