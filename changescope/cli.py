@@ -117,6 +117,14 @@ def synth(
     size: int = typer.Option(256, "--size", min=64, help="Image side in pixels (>= 64)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes."),
     splits: str = typer.Option("0.7,0.15,0.15", "--splits", help="train,val,test fractions."),
+    dates: int = typer.Option(
+        2,
+        "--dates",
+        min=2,
+        max=16,
+        help="Dates per scene: 2 writes pairs; 3-16 writes time series (--pairs then counts sequences) "
+        "with per-interval masks, dated captions and temporal questions.",
+    ),
 ) -> None:
     """Generate SynthChange: aerial-looking pairs, masks, captions, QA, grounding and retrieval records."""
     from rich.progress import Progress
@@ -129,6 +137,16 @@ def synth(
         raise DataError(out, "is a file; --out takes a folder")
     if out.is_dir() and any(out.iterdir()):
         raise DataError(out, "the output folder is not empty; choose a new --out")
+    if dates > 2:
+        from changescope.data.synth.sequence import write_sequences
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("generating sequences", total=pairs)
+            write_sequences(
+                out, pairs, size, seed, dates, fractions, lambda n: progress.update(task, completed=n)
+            )
+        typer.echo(f"wrote {pairs} sequences of {dates} dates to {out} (sequences.jsonl)")
+        return
     with Progress(transient=True) as progress:
         task = progress.add_task("generating pairs", total=pairs)
         summary = generate(

@@ -35,6 +35,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("synth-out-file", "synth --out {file} --pairs 2", "a file"),
     ("synth-out-full", "synth --out {full} --pairs 2", "not empty"),
     ("synth-out-missing-option", "synth --pairs 2", "--out"),
+    ("synth-dates-one", "synth --out {out} --dates 1", "--dates"),
+    ("synth-dates-many", "synth --out {out} --dates 17", "--dates"),
     # data check / data vocab
     ("check-missing", "data check {missing}", "not found"),
     ("check-file", "data check {file}", "not a folder"),
@@ -207,6 +209,19 @@ ROWS: list[tuple[str, str, str]] = [
     ("index-scene-split", "index {a} {b} --out {out} --split test", "--split"),
     ("index-scene-format", "index {a} {b} --out {out} --format folder", "--format"),
     ("index-scene-missing", "index {a} {missing} --out {out}", "not found"),
+    ("index-clip-unknown", "index {synth} --out {out} --clip nosuch --clip-weights {file}", "unknown CLIP"),
+    ("index-clip-no-weights", "index {synth} --out {out} --clip remoteclip-vit-b-32", "--clip-weights"),
+    (
+        "index-clip-weights-missing",
+        "index {synth} --out {out} --clip remoteclip-vit-b-32 --clip-weights {missing}",
+        "not found",
+    ),
+    ("index-clip-config-alone", "index {synth} --out {out} --clip-config {file}", "--clip NAME"),
+    (
+        "index-clip-and-model",
+        "index default {synth} --out {out} --clip remoteclip-vit-b-32 --clip-weights {file}",
+        "not both",
+    ),
     # search
     ("search-missing", "search {missing} roads", "not found"),
     ("search-not-index", "search {folder} roads", "not a search index"),
@@ -217,6 +232,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("search-k-type", "search {folder} roads --k many", "--k"),
     ("search-model-missing", "search {folder} roads --model {missing}", "not found"),
     ("search-geojson-folder", "search {folder} roads --geojson {folder}", "is a folder"),
+    ("search-clip-weights-not-index", "search {folder} roads --clip-weights {file}", "not a search index"),
     # serve (every row fails before a socket is bound or a model loaded)
     ("serve-precision", "serve --precision fp64", "--precision"),
     ("serve-port-zero", "serve --port 0", "--port"),

@@ -318,3 +318,33 @@ def test_an_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_sequences(tmp_path / "out", 5, size=SIZE, dates=3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_synth_command_writes_sequences_with_dates(tmp_path, capsys):
+    from changescope.cli import main
+
+    out = tmp_path / "seq"
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--pairs",
+            "10",
+            "--size",
+            "64",
+            "--dates",
+            "3",
+            "--splits",
+            "0.5,0.3,0.2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "wrote 10 sequences of 3 dates" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "sequences.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and all(len(r["images"]) == 3 and len(r["interval_masks"]) == 2 for r in rows)
+    assert [sum(r["split"] == s for r in rows) for s in ("train", "val", "test")] == [5, 3, 2]
+    manifest = json.loads((out / "synthchange_sequences.json").read_text())
+    assert manifest["dates"] == 3 and manifest["split_fractions"] == [0.5, 0.3, 0.2]
+    assert main(["synth", "--out", str(out), "--pairs", "2", "--dates", "3"]) == 1  # not empty: refused
+    assert "not empty" in capsys.readouterr().err

@@ -37,7 +37,6 @@ every value fits a byte, and the project's encoder (``png.py``) writes 8-bit ima
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -68,7 +67,14 @@ from changescope.data.synth.scene import (
     shift,
 )
 from changescope.data.synth.terrain import ground
-from changescope.data.synth.writer import GENERATOR_VERSION, MIN_SIZE, SPLITS, assign_splits, label_rgb
+from changescope.data.synth.writer import (
+    GENERATOR_VERSION,
+    MIN_SIZE,
+    SPLITS,
+    assign_splits,
+    label_rgb,
+    publish,
+)
 from changescope.errors import DataError
 
 #: third seed word of a sequence's RNG: keeps sequence streams apart from the pairs' ``[seed, index]``
@@ -486,7 +492,9 @@ def first_change_png(first_change: np.ndarray) -> np.ndarray:
     return np.where(first_change < 0, NEVER, first_change).astype(np.uint8)
 
 
-def _manifest(seed: int, size: int, dates: int, sequences: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _manifest(
+    seed: int, size: int, dates: int, sequences: int, rows: list[dict[str, Any]], fractions=SPLIT_FRACTIONS
+) -> dict[str, Any]:
     counts = {}
     for split in SPLITS:
         mine = [r for r in rows if r["split"] == split]
@@ -506,7 +514,7 @@ def _manifest(seed: int, size: int, dates: int, sequences: int, rows: list[dict[
         "dates": dates,
         "sequences": sequences,
         "ground_sample_distance_m": 0.5 * 256 / size,
-        "split_fractions": list(SPLIT_FRACTIONS),
+        "split_fractions": list(fractions),
         "mask_classes": [
             {"id": i, "name": n, "color": list(LABEL_COLORS[i])} for i, n in enumerate(MASK_CLASSES)
         ],
@@ -529,12 +537,21 @@ def _check_arguments(out: Path, sequences: Any, size: Any, seed: Any) -> None:
         raise DataError(out, "exists and is not an empty directory; refusing to overwrite it")
 
 
-def write_sequences(out: str | Path, sequences: int, size: int = 256, seed: int = 0, dates: int = 5) -> Path:
+def write_sequences(
+    out: str | Path,
+    sequences: int,
+    size: int = 256,
+    seed: int = 0,
+    dates: int = 5,
+    split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+    progress=None,
+) -> Path:
     """Write ``sequences`` sequences of ``dates`` dates into the new directory ``out``; return ``out``.
 
     As ``writer.generate`` does for pairs: an ``out`` that exists and is not empty is refused
     (``DataError``), everything is written into a hidden sibling directory renamed to ``out`` at the
-    end, and sequence ``i`` depends only on ``(seed, i, size, dates)``.
+    end, and sequence ``i`` depends only on ``(seed, i, size, dates)``. ``split_fractions``: train, val,
+    test shares; ``progress(n)`` is called after each sequence.
     """
     out = Path(out)
     count = _check_dates(dates)
@@ -544,21 +561,19 @@ def write_sequences(out: str | Path, sequences: int, size: int = 256, seed: int 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         writer = _SequenceWriter(tmp)
-        for index, (split, number) in enumerate(assign_splits(sequences, seed, SPLIT_FRACTIONS)):
+        for index, (split, number) in enumerate(assign_splits(sequences, seed, tuple(split_fractions))):
             writer.add(render_sequence(seed, index, size, count), split, number)
+            if progress is not None:
+                progress(index + 1)
         order = {s: i for i, s in enumerate(SPLITS)}
         writer.rows.sort(key=lambda r: (order[r["split"]], r["id"]))
         lines = "".join(json.dumps(row) + "\n" for row in writer.rows)
         (tmp / "sequences.jsonl").write_text(lines, encoding="utf-8")
-        manifest = _manifest(seed, size, count, sequences, writer.rows)
+        manifest = _manifest(seed, size, count, sequences, writer.rows, split_fractions)
         (tmp / "synthchange_sequences.json").write_text(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )
-        if out.exists():
-            if any(out.iterdir()):  # appeared while we were writing: still never overwrite
-                raise DataError(out, "exists and is not an empty directory; refusing to overwrite it")
-            out.rmdir()
-        os.rename(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -254,15 +254,21 @@ def generate(
         write_records(tmp / "records.jsonl", writer.records)
         summary = _summary(seed, size, pairs, split_fractions, stats, writer.records)
         (tmp / "synthchange.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            if any(out.iterdir()):  # appeared while we were writing: still never overwrite
-                raise DataError(out, "exists and is not an empty directory; refusing to overwrite it")
-            out.rmdir()
-        os.rename(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished hidden folder ``tmp`` to ``out``: an ``out`` that appeared (non-empty) while we
+    were writing is still never overwritten; an empty one is replaced."""
+    if out.exists():
+        if any(out.iterdir()):
+            raise DataError(out, "exists and is not an empty directory; refusing to overwrite it")
+        out.rmdir()
+    os.rename(tmp, out)
 
 
 def _renumber(images: list[dict[str, Any]]) -> None:
