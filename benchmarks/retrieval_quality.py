@@ -3,8 +3,10 @@
 The real labelled pairs of ``../shared/realdata`` (the held-out splits of ``real_change.REAL_SETS``) have
 change masks, not captions. Each pair is cut into tiles of the model's size at its own resolution; each
 tile gets a description written from its label mask by the sentence writer inference uses
-(``tasks.consistency.caption_from_mask``: how many changed areas, where the largest is), or "there is no
-difference" when its label holds no object. The descriptions are the queries, the tiles the gallery (all
+(``tasks.data.describe_mask``: how many changed areas, where the largest is), or "there is no
+difference" when its label holds no object: the same sentences the retrieval head's real training tiles get
+(``benchmarks/mixes/retrieval.yaml``, ``describe: true``), from the datasets' train splits. The
+descriptions are the queries, the tiles the gallery (all
 datasets pooled). A tile is relevant to a query when its own description is the same sentence (so every
 no-change tile answers every no-change query, and tiles described alike answer each other).
 
@@ -28,14 +30,11 @@ import torch
 
 from changescope.data.mix import tile_starts
 from changescope.data.readers import open_dataset
-from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX
+from changescope.data.sample import IGNORE_INDEX
 from changescope.metrics.retrieval import retrieval_scores
 from changescope.models.heads.retrieval_head import sentence_embeddings
-from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
-from changescope.tasks.consistency import caption_from_mask
+from changescope.tasks.data import describe_mask
 from changescope.tasks.inference import Decoding, load
-
-NO_CHANGE = "there is no difference"
 
 
 def tiles(realdata: Path, size: int):
@@ -55,13 +54,7 @@ def tiles(realdata: Path, size: int):
                     label = mask[y : y + size, x : x + size]
                     if (label == IGNORE_INDEX).float().mean() > 0.5:
                         continue
-                    binary = (label.numpy() == 1).astype(np.uint8)
-                    summary = summarize_mask(remove_small_objects(binary, MIN_AREA), list(BINARY_CLASSES))
-                    yield (
-                        name,
-                        image[..., y : y + size, x : x + size],
-                        caption_from_mask(summary) or NO_CHANGE,
-                    )
+                    yield name, image[..., y : y + size, x : x + size], describe_mask(label)
 
 
 def chance(relevant: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:

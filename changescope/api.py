@@ -9,6 +9,8 @@
     pipe.detect(["a1.png", "a2.png"], ["b1.png", "b2.png"])     # batched -> a list of detections
     reply = pipe.ask("before.png", "after.png", "how many buildings were built?")
     pipe.scene("a.tif", "b.tif", "out/")                # the `changescope scene` pipeline; its summary
+    pipe.match("before.png", "after.png", ["new roads", "no change"])   # pair -> text: ranked sentences
+    pipe.embed("before.png", "after.png") @ pipe.embed_texts(["new roads"]).T   # the search space
 
 Images are file paths, PIL images or ``[H, W, 3]`` arrays (uint8, or float in [0, 1]). The methods are
 the ones the command line runs (``tasks/``), so a caption, mask or answer here is the one the CLI gives.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from changescope.errors import ChangescopeError
@@ -46,7 +49,7 @@ class ChangePipeline:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """What the model does: a subset of caption, mask, vqa, grounding."""
+        """What the model does: a subset of caption, mask, vqa, grounding, retrieval."""
         return tuple(self.model.tasks)
 
     @property
@@ -109,6 +112,33 @@ class ChangePipeline:
         single, pairs = _pairs(before, after)
         answers = list(iter_answers(self.model, self.processor, pairs, question, min_area, batch_size))
         return answers[0] if single else answers
+
+    def embed(self, before, after, *, batch_size: int = 32) -> np.ndarray:
+        """Unit retrieval embeddings of pairs (the vectors ``changescope index`` stores): ``[dim]`` for one
+        pair, ``[N, dim]`` for two lists; a dot product with :meth:`embed_texts` is the search score."""
+        from changescope.tasks.search import iter_embeddings
+
+        if batch_size < 1:
+            raise ChangescopeError("batch_size must be >= 1")
+        single, pairs = _pairs(before, after)
+        rows = [{"before": a, "after": b} for _, a, b in pairs]
+        vectors = np.stack([v for _, v in iter_embeddings(self.model, self.processor, rows, batch_size)])
+        return vectors[0] if single else vectors
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit retrieval embeddings ``[N, dim]`` of sentences (search queries, captions)."""
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ChangescopeError("texts must be a non-empty list of non-empty sentences")
+        self.model.require("retrieval")
+        with torch.inference_mode():
+            return self.model.embed_texts(list(texts)).numpy()
+
+    def match(self, before, after, texts: list[str], *, batch_size: int = 32):
+        """Pair -> text: ``texts`` ranked by how well each describes the pair, as ``(text, score)`` best
+        first (score: the cosine of the retrieval embeddings). Two lists of images give one ranking each."""
+        scores = np.atleast_2d(self.embed(before, after, batch_size=batch_size)) @ self.embed_texts(texts).T
+        ranked = [[(texts[j], float(row[j])) for j in np.argsort(-row, kind="stable")] for row in scores]
+        return ranked[0] if not isinstance(before, (list, tuple)) else ranked
 
     def scene(self, a: str | Path, b: str | Path, out: str | Path, *, overwrite: bool = False, **options):
         """Run ``changescope scene`` on two rasters of any size; return its summary (also in

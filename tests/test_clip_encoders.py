@@ -369,7 +369,7 @@ def test_clip_index_refuses_other_weights_and_models(clip_index, synth, tmp_path
     one_line_error(code, err, str(clip_index), "built with model")
     from changescope.tasks.search import search
 
-    with pytest.raises(DataError) as err:  # the command refuses 'default' first: it has no retrieval head
+    with pytest.raises(DataError) as err:  # the library, past the command's checks: a CLIP index
         search(clip_index, "roads", model_spec="default")
     _one_line(err.value, str(clip_index), "built with CLIP", "--clip-weights")
     assert {p.name: p.read_bytes() for p in clip_index.iterdir()} == before

@@ -140,9 +140,43 @@ def test_a_source_kept_out_of_validation_still_sets_the_class_list(tmp_path, syn
     assert any(UNKNOWN_CHANGE in val[i]["mask"] for i in range(len(val)))
 
 
+def test_described_tiles_get_the_sentence_of_their_own_label(tmp_path, synth):
+    """``describe: true``: each binary tile is captioned from its label (how real pairs train retrieval)."""
+    from changescope.data.mix import MixedPairs
+    from changescope.models.processor import ChangeProcessor
+    from changescope.tasks.consistency import NO_CHANGE_SENTENCE
+    from changescope.tasks.data import CaptionPairs, describe_mask
+
+    binary_folder(tmp_path / "cd")
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"tile: 64\nsources:\n  - {synth}\n  - path: cd\n    format: folder\n    describe: true\n")
+    dataset = MixedPairs(mix, "train")
+    pairs = CaptionPairs(dataset, ChangeProcessor(None, 64, 42), train=True, seed=0)
+    synth_train = len(dataset.parts[0])
+    assert all(pairs[i]["captions"] == dataset[i]["captions"] for i in range(3))  # captioned: as they are
+    sentences = []
+    for i in range(synth_train, len(dataset)):
+        item, mask = pairs[i], dataset[i]["mask"]
+        assert item["captions"] == [describe_mask(mask)] and item["caption"] == item["captions"][0]
+        assert item["changed"] == (item["captions"][0] != NO_CHANGE_SENTENCE)
+        sentences.append(item["captions"][0])
+    # the square of pair 0 lies in the top-left tile, most tiles hold no change
+    assert "a changed area has appeared at the top left" in sentences and NO_CHANGE_SENTENCE in sentences
+    square = torch.zeros(64, 64, dtype=torch.uint8)
+    square[40:60, 40:60] = UNKNOWN_CHANGE  # class-less change counts; unlabelled pixels do not
+    assert describe_mask(square) == "a changed area has appeared at the bottom right"
+    assert describe_mask(torch.full((64, 64), 255, dtype=torch.uint8)) == NO_CHANGE_SENTENCE
+
+    mix.write_text(f"tile: 64\nsources:\n  - path: {synth}\n    describe: true\n")
+    with pytest.raises(DataError, match="describe is for caption-less data") as err:
+        MixedPairs(mix, "train")
+    assert str(mix) in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        ("sources:\n  - path: x\n    describe: 1\n", "describe must be true or false"),
         ("sources: []\n", "non-empty list"),
         ("sources:\n  - path: x\n    repeat: 0\n", "repeat must be an integer"),
         ("sources:\n  - path: x\n    weight: 2\n", "unknown keys"),

@@ -249,3 +249,24 @@ def test_init_from_the_default_builds_its_backbone_from_the_package(tmp_path):
     config.backbone_pretrained = False  # a random backbone with weights that expect the packaged one
     with pytest.raises(Exception, match="random one"):
         load_init_weights(ChangeModel(config), "default")
+
+
+def test_a_retrieval_head_is_added_with_every_other_tensor_fixed(tmp_path, synth, config):
+    """``--init MODEL --tasks retrieval`` (how the shipped default got its head): only the new head trains."""
+    from safetensors.torch import load_file
+
+    cli("train", "--config", config, "--data", synth, "--out", tmp_path / "base", "--tasks", "caption,mask")
+    base = tmp_path / "base" / "model"
+    out = tmp_path / "search"
+    run = cli(
+        "train", "--config", config, "--data", synth, "--out", out, "--init", base, "--tasks", "retrieval"
+    )
+    assert "kept fixed: encoder, decoder, mask_head, change_head" in run.stdout
+    old, new = load_file(str(base / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    for name in old:  # batch-norm statistics included
+        assert name in new and bool((new[name] == old[name]).all()), name
+    added = {name.split(".")[0] for name in set(new) - set(old)}
+    assert added == {"retrieval_head"}
+    assert json.loads((out / "model" / "config.json").read_text())["retrieval_dim"] > 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= row["val/retrieval_R@5"] <= 1

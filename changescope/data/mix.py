@@ -10,6 +10,7 @@ about 800 x 800) with binary labels, while captioned data comes as 256 x 256 chi
         repeat: 2                              # each tile listed twice per epoch
         scales: [1.0, 0.5]                     # tiled at the native size and at half size
         val: true                              # false: train split only (not in model selection)
+        describe: true                         # captions written from each tile's label mask
     tile: 256                                  # default: the model's image size
 
 ``MixedPairs`` reads it as one dataset. Sources without captions whose pairs are larger than ``tile`` are
@@ -18,6 +19,10 @@ snapped to the edge; pairs smaller than a tile are padded, the padding unlabelle
 so a 0.5 m pair stays at 0.5 m. The class list is the first source's that names classes beyond
 background / change; the binary "change" of other sources becomes ``UNKNOWN_CHANGE`` (changed, class not
 known), which trains the change / no-change logit and no class.
+
+``describe: true`` marks a caption-less source's samples (``sample["describe"]``) so that the training
+loader writes each tile a sentence from its own label mask (``tasks.data.describe_mask``: the sentence
+writer inference uses); this is how real change-detection pairs train the retrieval head.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Source:
     scales: tuple[float, ...] = (1.0,)
     #: read in every split; False: training split only (e.g. keep synthetic data out of model selection)
     val: bool = True
+    #: caption-less data: describe each tile from its label mask (see the module docstring)
+    describe: bool = False
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -179,6 +186,7 @@ class MixedPairs(torch.utils.data.Dataset):
         self.parts: list[Any] = []
         self.repeats: list[int] = []
         self.remaps: list[bool] = []
+        self.describes: list[bool] = []
         datasets, every = [], []
         for source in spec["sources"]:
             used = split == "train" or source.val
@@ -198,6 +206,10 @@ class MixedPairs(torch.utils.data.Dataset):
                     "mix sources must share one class list (or be binary change data)",
                 )
             captioned = any(e.captions for e in ds.entries)
+            if source.describe and (captioned or not ds.has_masks):
+                raise DataError(
+                    self.root, f"source {source.path}: describe is for caption-less data with label masks"
+                )
             for scale in source.scales:
                 part = ds
                 if not captioned and len(ds):
@@ -205,6 +217,7 @@ class MixedPairs(torch.utils.data.Dataset):
                 self.parts.append(part)
                 self.repeats.append(source.repeat)
                 self.remaps.append(tuple(ds.classes) == BINARY_CLASSES and self.classes != BINARY_CLASSES)
+                self.describes.append(source.describe)
         self.no_change_sentences = tuple(
             dict.fromkeys(s for _, ds in datasets for s in getattr(ds, "no_change_sentences", ()))
         )
@@ -229,6 +242,8 @@ class MixedPairs(torch.utils.data.Dataset):
         if self.remaps[part] and "mask" in sample:
             mask = sample["mask"]
             sample = {**sample, "mask": torch.where(mask == 1, UNKNOWN_CHANGE, mask)}
+        if self.describes[part]:
+            sample = {**sample, "describe": True}
         return sample
 
 
@@ -256,7 +271,7 @@ def read_mix(path: Path) -> dict[str, Any]:
         item = {"path": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             raise DataError(path, f"sources[{index}] needs a 'path'")
-        bad = sorted(set(item) - {"path", "format", "repeat", "scales", "val"})
+        bad = sorted(set(item) - {"path", "format", "repeat", "scales", "val", "describe"})
         if bad:
             raise DataError(path, f"sources[{index}] has unknown keys {bad}")
         repeat = item.get("repeat", 1)
@@ -271,9 +286,10 @@ def read_mix(path: Path) -> dict[str, Any]:
             raise DataError(path, f"sources[{index}].scales must be a list of positive numbers")
         where = Path(item["path"]).expanduser()
         where = where if where.is_absolute() else (path.parent / where)
-        val = item.get("val", True)
-        if not isinstance(val, bool):
-            raise DataError(path, f"sources[{index}].val must be true or false")
+        val, describe = item.get("val", True), item.get("describe", False)
+        for key, flag in (("val", val), ("describe", describe)):
+            if not isinstance(flag, bool):
+                raise DataError(path, f"sources[{index}].{key} must be true or false")
         scales = tuple(float(s) for s in scales)
-        sources.append(Source(str(where), item.get("format"), repeat, scales, val))
+        sources.append(Source(str(where), item.get("format"), repeat, scales, val, describe))
     return {"sources": sources, "tile": spec.get("tile")}

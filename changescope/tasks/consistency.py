@@ -30,6 +30,8 @@ _NO_CHANGE = re.compile(
     r"no (new|obvious|significant|visible) (change|changes|difference))\b"
 )
 _FIXED = {normalize(s) for s in LEVIR_NO_CHANGE}
+#: what a tile whose label holds no object is described as (retrieval training and its benchmark)
+NO_CHANGE_SENTENCE = "there is no difference"
 
 
 def says_no_change(text: str | None) -> bool:

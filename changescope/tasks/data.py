@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from changescope.data.readers.base import CaptionPairDataset
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.models.processor import ChangeProcessor
+from changescope.tasks.consistency import NO_CHANGE_SENTENCE
 
 
 def binary_target(mask: torch.Tensor) -> torch.Tensor:
@@ -23,6 +24,18 @@ def binary_remap(dataset_classes, model_classes) -> bool:
     """True when binary change labels (background / change) train a model that names change classes: their
     "change" then becomes ``UNKNOWN_CHANGE`` (trains the change logit, no class)."""
     return tuple(dataset_classes) == BINARY_CLASSES and tuple(model_classes) not in ((), BINARY_CLASSES)
+
+
+def describe_mask(mask: torch.Tensor) -> str:
+    """A label mask's sentence (``tasks.consistency.caption_from_mask`` on its changed pixels, any class,
+    objects under ``MIN_AREA`` dropped), or ``NO_CHANGE_SENTENCE``: how a caption-less change-detection
+    tile is described for retrieval training, as ``benchmarks/retrieval_quality.py`` describes its queries."""
+    from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
+    from changescope.tasks.consistency import caption_from_mask
+
+    binary = ((mask > 0) & (mask != IGNORE_INDEX)).to(torch.uint8).numpy()
+    summary = summarize_mask(remove_small_objects(binary, MIN_AREA), list(BINARY_CLASSES))
+    return caption_from_mask(summary) or NO_CHANGE_SENTENCE
 
 
 class CaptionPairs(Dataset):
@@ -58,6 +71,9 @@ class CaptionPairs(Dataset):
             "captions": sample["captions"],
             "changed": sample["changed"],
         }
+        if sample.get("describe") and "mask" in sample:
+            sentence = describe_mask(sample["mask"])
+            item["captions"], item["changed"] = [sentence], sentence != NO_CHANGE_SENTENCE
         if self.masks:
             size = (self.processor.image_size,) * 2
             mask = sample.get("mask")
@@ -69,7 +85,7 @@ class CaptionPairs(Dataset):
                 else torch.full(size, IGNORE_INDEX, dtype=torch.uint8)
             )
         if self.train and self.captions:
-            item["caption"] = self.rng.choice(sample["captions"]) if sample["captions"] else ""
+            item["caption"] = self.rng.choice(item["captions"]) if item["captions"] else ""
         return item
 
 

@@ -126,9 +126,10 @@ class ChangeTask(pl.LightningModule):
 
     def _forward(self, batch):
         pixels = "grounding" in self.tasks
+        masks = "mask" in self.tasks  # a run that does not train or score masks skips the mask head
         if "features" in batch:
-            return self.model(features=batch["features"], pixels=pixels)
-        return self.model(batch["image"], pixels=pixels)
+            return self.model(features=batch["features"], pixels=pixels, masks=masks)
+        return self.model(batch["image"], pixels=pixels, masks=masks)
 
     def training_step(self, batch, batch_idx):
         out = self._forward(batch)
@@ -609,6 +610,8 @@ def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str
         "retrieval": "retrieval",
     }
     frozen = (["encoder"] if untrained else []) + [heads[t] for t in untrained]
+    if "mask" in untrained and config.change_head_kwargs:
+        frozen.append("change_head")  # part of the mask output: fixed with it
     if "grounding" in untrained and "mask_head" not in frozen:
         # grounding reads the mask head's fused map: that map must not move, so only the change head
         # (the change / no-change decision) learns
