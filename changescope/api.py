@@ -9,6 +9,7 @@
     pipe.detect(["a1.png", "a2.png"], ["b1.png", "b2.png"])     # batched -> a list of detections
     reply = pipe.ask("before.png", "after.png", "how many buildings were built?")
     pipe.scene("a.tif", "b.tif", "out/")                # the `changescope scene` pipeline; its summary
+    pipe.sequence(["2016.png", "2018.png", "2020.png"], ["2016", "2018", "2020"])   # when it changed
     pipe.match("before.png", "after.png", ["new roads", "no change"])   # pair -> text: ranked sentences
     pipe.embed("before.png", "after.png") @ pipe.embed_texts(["new roads"]).T   # the search space
 
@@ -139,6 +140,15 @@ class ChangePipeline:
         scores = np.atleast_2d(self.embed(before, after, batch_size=batch_size)) @ self.embed_texts(texts).T
         ranked = [[(texts[j], float(row[j])) for j in np.argsort(-row, kind="stable")] for row in scores]
         return ranked[0] if not isinstance(before, (list, tuple)) else ranked
+
+    def sequence(self, images, dates=None, *, min_area: int = MIN_AREA, batch_size: int = 16):
+        """Three or more dates (oldest first, one size): a ``SequenceChange`` with ``interval_masks``
+        (class ids ``[T-1, H, W]``), ``first_change`` (``[H, W]``, -1 = never), per-interval ``results`` and
+        a dated ``caption``. Each interval is mapped by this pair model on its own
+        (``tasks.sequence.detect_sequence``); ``dates`` label the caption."""
+        from changescope.tasks.sequence import detect_sequence
+
+        return detect_sequence(self.model, self.processor, list(images), dates, min_area, batch_size)
 
     def scene(self, a: str | Path, b: str | Path, out: str | Path, *, overwrite: bool = False, **options):
         """Run ``changescope scene`` on two rasters of any size; return its summary (also in

@@ -54,3 +54,18 @@ def test_sequence_caption_and_bad_input(default):
         detect_sequence(*default, [image])
     with pytest.raises(ChangescopeError, match="2 dates for 3 images"):
         detect_sequence(*default, [image] * 3, dates[:2])
+
+
+def test_the_python_api_takes_a_stack_of_files(tmp_path):
+    from PIL import Image
+
+    import changescope
+
+    seq = _changed_sequence(3)
+    paths = []
+    for t, image in enumerate(seq.images):
+        paths.append(tmp_path / f"{seq.dates[t]}.png")
+        Image.fromarray(image).save(paths[-1])
+    found = changescope.load("default").sequence(paths, seq.dates)
+    direct = detect_sequence(*load("default")[:2], list(seq.images), seq.dates)
+    assert np.array_equal(found.interval_masks, direct.interval_masks) and found.caption == direct.caption
