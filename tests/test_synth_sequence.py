@@ -348,3 +348,11 @@ def test_the_synth_command_writes_sequences_with_dates(tmp_path, capsys):
     assert manifest["dates"] == 3 and manifest["split_fractions"] == [0.5, 0.3, 0.2]
     assert main(["synth", "--out", str(out), "--pairs", "2", "--dates", "3"]) == 1  # not empty: refused
     assert "not empty" in capsys.readouterr().err
+
+
+def test_bad_split_fractions_write_nothing(tmp_path):
+    with pytest.raises(ValueError, match="split_fractions"):
+        write_sequences(tmp_path / "s", 4, size=64, split_fractions=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="sequences must be a positive integer"):
+        write_sequences(tmp_path / "s", 0, size=64)
+    assert list(tmp_path.iterdir()) == []

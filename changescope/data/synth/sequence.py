@@ -69,13 +69,12 @@ from changescope.data.synth.scene import (
 from changescope.data.synth.terrain import ground
 from changescope.data.synth.writer import (
     GENERATOR_VERSION,
-    MIN_SIZE,
     SPLITS,
     assign_splits,
+    check_arguments,
     label_rgb,
     publish,
 )
-from changescope.errors import DataError
 
 #: third seed word of a sequence's RNG: keeps sequence streams apart from the pairs' ``[seed, index]``
 SEQUENCE_STREAM = 0x5E9
@@ -526,17 +525,6 @@ def _manifest(
     }
 
 
-def _check_arguments(out: Path, sequences: Any, size: Any, seed: Any) -> None:
-    if not isinstance(sequences, Integral) or sequences < 1:
-        raise ValueError(f"sequences must be a positive integer, got {sequences!r}")
-    if not isinstance(size, Integral) or size < MIN_SIZE:
-        raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
-    if not isinstance(seed, Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(out, "exists and is not an empty directory; refusing to overwrite it")
-
-
 def write_sequences(
     out: str | Path,
     sequences: int,
@@ -555,7 +543,7 @@ def write_sequences(
     """
     out = Path(out)
     count = _check_dates(dates)
-    _check_arguments(out, sequences, size, seed)
+    check_arguments(out, sequences, size, seed, split_fractions, noun="sequences")
     sequences, size, seed = int(sequences), int(size), int(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

@@ -81,11 +81,12 @@ def assign_splits(pairs: int, seed: int, fractions: tuple[float, float, float]) 
     return out
 
 
-def _check_arguments(
-    out: Path, pairs: int, size: int, seed: int, fractions: tuple[float, float, float]
+def check_arguments(
+    out: Path, pairs: int, size: int, seed: int, fractions: tuple[float, float, float], noun: str = "pairs"
 ) -> None:
+    """What a writer checks before it writes anything (``noun``: what ``pairs`` counts, for the message)."""
     if not isinstance(pairs, Integral) or pairs < 1:
-        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
+        raise ValueError(f"{noun} must be a positive integer, got {pairs!r}")
     if not isinstance(size, Integral) or size < MIN_SIZE:
         raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
     if not isinstance(seed, Integral) or seed < 0:
@@ -224,7 +225,7 @@ def generate(
     ``progress`` is called after each pair with the number of pairs written so far.
     """
     out = Path(out)
-    _check_arguments(out, pairs, size, seed, split_fractions)
+    check_arguments(out, pairs, size, seed, split_fractions)
     pairs, size, seed = int(pairs), int(size), int(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
