@@ -917,8 +917,8 @@ def _load_clip_option(name: str, weights: Path | None, config: Path | None):
     """``index --clip NAME --clip-weights PATH [--clip-config JSON]``: the loaded ClipEncoder, or one line
     (an unknown name, the package missing, the weights absent: where to download them)."""
     from changescope.errors import require_all
-    from changescope.models.clip_encoders import clip_spec
-    from changescope.tasks.search import load_clip_encoder, read_clip_config
+    from changescope.models.clip_encoders import clip_spec, load_clip
+    from changescope.tasks.search import read_clip_config
 
     spec = clip_spec(name)  # an unknown name: one line listing the known ones
     if spec.library == "open_clip":
@@ -927,7 +927,7 @@ def _load_clip_option(name: str, weights: Path | None, config: Path | None):
         require_all(("transformers",), "vqa", f"changescope index --clip {name}")
         if config is not None:
             raise typer.BadParameter(f"--clip-config is for open_clip models, not {name}")
-    return load_clip_encoder(name, weights, read_clip_config(config) if config is not None else None)
+    return load_clip(name, weights, model_cfg=read_clip_config(config) if config is not None else None)
 
 
 @app.command()

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from changescope.data.readers.base import CaptionPairDataset
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.models.processor import ChangeProcessor
-from changescope.tasks.consistency import NO_CHANGE_SENTENCE
+from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
+from changescope.tasks.consistency import NO_CHANGE_SENTENCE, caption_from_mask
 
 
 def binary_target(mask: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,6 @@ def describe_mask(mask: torch.Tensor) -> str:
     """A label mask's sentence (``tasks.consistency.caption_from_mask`` on its changed pixels, any class,
     objects under ``MIN_AREA`` dropped), or ``NO_CHANGE_SENTENCE``: how a caption-less change-detection
     tile is described for retrieval training, as ``benchmarks/retrieval_quality.py`` describes its queries."""
-    from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
-    from changescope.tasks.consistency import caption_from_mask
-
     binary = ((mask > 0) & (mask != IGNORE_INDEX)).to(torch.uint8).numpy()
     summary = summarize_mask(remove_small_objects(binary, MIN_AREA), list(BINARY_CLASSES))
     return caption_from_mask(summary) or NO_CHANGE_SENTENCE

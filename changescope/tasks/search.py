@@ -77,13 +77,6 @@ def read_clip_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_clip_encoder(name: str, weights: str | Path | None, config: dict | None = None):
-    """The ``ClipEncoder`` ``name`` with its weights (``models.clip_encoders.load_clip``), on the CPU."""
-    from changescope.models.clip_encoders import load_clip
-
-    return load_clip(name, weights, model_cfg=config)
-
-
 def clip_for_index(index_path: str | Path, identity: dict[str, Any], weights: str | Path | None = None):
     """The CLIP an index records (``identity``), with ``weights`` or else the path it records; the caller
     checks the loaded encoder's identity against the index (another file is refused there)."""
