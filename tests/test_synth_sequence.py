@@ -155,11 +155,38 @@ def test_houses_along_a_new_road_never_come_before_it():
     assert found >= 2
 
 
-def test_only_unchanged_sequences_are_misregistered(batch):
-    shifts = [(bool(s.events), n["shift"]) for s in batch for n in s.nuisance]
+def test_misregistration_without_weather_only_on_unchanged_sequences():
+    clean = [render_sequence(4, i, SIZE, 5, weather=False) for i in range(40)]
+    shifts = [(bool(s.events), n["shift"]) for s in clean for n in s.nuisance]
     assert all(shift == (0, 0) for changed, shift in shifts if changed)
     moved = [shift for changed, shift in shifts if not changed and shift != (0, 0)]
     assert moved and all(max(abs(v) for v in shift) <= 2 for shift in moved)
+
+
+def test_weather_is_transient_and_leaves_the_labels_alone(batch):
+    clean = [render_sequence(4, i, SIZE, 5, weather=False) for i in range(len(batch))]
+    for seq, plain in zip(batch, clean, strict=True):
+        # weather draws from its own stream: masks, events, dates and text are those of the clean render
+        assert np.array_equal(seq.interval_masks, plain.interval_masks)
+        assert seq.dates == plain.dates and seq.captions == plain.captions
+        assert seq.nuisance[0]["shift"] == (0, 0)  # the first date is the reference grid
+        for t, look in enumerate(seq.nuisance):
+            if not (look["clouds"] or look["haze"] or look["shift"] != plain.nuisance[t]["shift"]):
+                assert np.array_equal(seq.images[t], plain.images[t]), t
+    looks = [n for s in batch for n in s.nuisance]
+    assert any(n["clouds"] > 0 for n in looks) and any(n["haze"] > 0 for n in looks)
+    moved = [s for s in batch if s.events and any(n["shift"] != (0, 0) for n in s.nuisance)]
+    assert moved  # with weather, a changed sequence can have one misregistered date
+    assert all(max(abs(v) for n in s.nuisance for v in n["shift"]) <= 3 for s in moved)
+
+
+def test_clouds_brighten_what_they_cover():
+    from changescope.data.synth.weather import add_clouds
+
+    image = np.full((64, 64, 3), 60, np.uint8)
+    cloudy, cover = add_clouds(np.random.default_rng(0), image)
+    assert 0.02 < cover < 0.6
+    assert cloudy.max() > 180 and cloudy.min() <= 60  # bright cloud; ground (or shadow) elsewhere
 
 
 # ------------------------------------------------------------------------------------------- captions
@@ -309,10 +336,10 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kwargs):
 def test_an_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
     real = sequence_module.render_sequence
 
-    def failing(seed: int, index: int, size: int, dates: int) -> SynthSequence:
+    def failing(seed: int, index: int, size: int, dates: int, weather: bool = True) -> SynthSequence:
         if index == 2:
             raise KeyboardInterrupt
-        return real(seed, index, size, dates)
+        return real(seed, index, size, dates, weather)
 
     monkeypatch.setattr(sequence_module, "render_sequence", failing)
     with pytest.raises(KeyboardInterrupt):

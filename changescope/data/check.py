@@ -20,6 +20,12 @@ whose mask cannot be read counts as neither changed nor unchanged), and the repo
 labelled pixels per split (pixels other than the ignore value 255). They have no captions, so no caption
 check applies to them.
 
+Time-series formats (``timeseries.py``) are checked per sequence: every date's image is read and must
+have the first date's size, the dates must be ISO and increasing (a reader refuses the split otherwise,
+naming the index line or folder), there must be T-1 interval masks, each with values among the classes
+or 255. The report counts sequences instead of pairs, and adds the intervals and the intervals with
+change per split, and the changed and labelled interval pixels.
+
 Decoding is the cost (about 2 ms per 256 x 256 PNG), so images are decoded in a thread pool: Pillow
 releases the GIL while it inflates, and every check on pixels is a numpy call.
 """
@@ -39,9 +45,10 @@ import numpy as np
 
 from changescope.data.imageio import read_rgb
 from changescope.data.readers import detect_format, reader_class
-from changescope.data.readers.base import CaptionPairDataset, PairEntry
+from changescope.data.readers.base import CaptionPairDataset, PairEntry, one_size
 from changescope.data.readers.cdvqa import CDVQA, VQAItem
 from changescope.data.readers.changedetection import CHANGE, IGNORE_INDEX, ChangeDetectionDataset
+from changescope.data.readers.timeseries import SequenceDataset, SequenceEntry
 from changescope.errors import DataError
 
 MAX_LISTED = 20  # lines listed per kind of problem; the rest are counted
@@ -55,9 +62,12 @@ class SplitStats:
     with_mask: int = 0
     #: question-answer pairs (CDVQA); 0 for caption datasets
     questions: int = 0
-    #: change-detection formats only: mask pixels that are change / that are labelled (not 255)
+    #: change-detection and time-series formats: mask pixels that are change / that are labelled (not 255)
     changed_pixels: int = 0
     labelled_pixels: int = 0
+    #: time-series formats: intervals (T-1 per sequence) and those with change
+    intervals: int = 0
+    changed_intervals: int = 0
 
     @property
     def change_percent(self) -> float | None:
@@ -99,6 +109,8 @@ class CheckReport:
     root: str
     format: str
     splits: dict[str, SplitStats] = field(default_factory=dict)
+    #: what ``SplitStats.pairs`` counts: "pairs", or "sequences" for time-series formats
+    unit: str = "pairs"
     #: one line each, naming the file and the problem (at most ``MAX_LISTED`` per kind, then a count)
     errors: list[str] = field(default_factory=list)
     inconsistencies: list[str] = field(default_factory=list)
@@ -138,7 +150,7 @@ class CheckReport:
             lines.append(f"{title} ({count}):" if items else f"{title}: none")
             lines += [f"  {item}" for item in items]
         total = self.total()
-        checked = f"{total.pairs} pairs" + (f", {total.questions} questions" if total.questions else "")
+        checked = f"{total.pairs} {self.unit}" + (f", {total.questions} questions" if total.questions else "")
         verdict = "OK" if self.ok else f"FAILED: {sum(self.error_counts.values())} errors"
         lines += ["", f"{verdict} ({checked} checked)"]
         return "\n".join(lines)
@@ -146,8 +158,10 @@ class CheckReport:
     def _table(self) -> list[str]:
         total = self.total()
         vqa, masks, pixels = total.questions > 0, total.with_mask > 0, total.labelled_pixels > 0
-        header = ["split", "pairs"] + (["questions"] if vqa else ["changed", "unchanged", "change %"])
+        series = self.unit == "sequences"
+        header = ["split", self.unit] + (["questions"] if vqa else ["changed", "unchanged", "change %"])
         header += ["with mask"] if masks else []
+        header += ["intervals", "changed intervals"] if series else []
         header += ["changed px", "labelled px"] if pixels else []
         rows = []
         for name, stats in [*self.splits.items(), ("total", total)]:
@@ -158,6 +172,7 @@ class CheckReport:
             else:
                 row += [str(stats.changed), str(stats.unchanged), "-" if share is None else f"{share:.1f}%"]
             row += [str(stats.with_mask)] if masks else []
+            row += [str(stats.intervals), str(stats.changed_intervals)] if series else []
             rows.append(row + ([str(stats.changed_pixels), str(stats.labelled_pixels)] if pixels else []))
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
@@ -194,7 +209,10 @@ def check_dataset(
         errors.add("index", err)
         return _report(root, "unknown", {}, errors, inconsistencies, warnings, max_listed)
     cls = reader_class(fmt)
-    if issubclass(cls, CaptionPairDataset):
+    unit = "pairs"
+    if issubclass(cls, SequenceDataset):
+        check_split, unit = _check_sequence_split, "sequences"
+    elif issubclass(cls, CaptionPairDataset):
         check_split = _check_caption_split
     elif issubclass(cls, CDVQA):
         check_split = _check_vqa_split
@@ -209,15 +227,20 @@ def check_dataset(
             try:
                 dataset = cls(root, split=split, check_files=False)
             except DataError as err:
-                # An index file that is not there leaves the split out; a broken one is an error.
-                if err.path is not None and not err.path.exists():
+                # An index file that is not there leaves the split out; a broken one is an error (also
+                # when the error names "file:line", which is no path that exists).
+                if (
+                    err.path is not None
+                    and not err.path.exists()
+                    and err.problem.startswith("file not found")
+                ):
                     missing.append(err)
                 else:
                     errors.add("index", err)
                 continue
             splits[split] = check_split(dataset, pool, errors, inconsistencies, ids)
             if not splits[split].pairs:
-                warnings.append(f"split '{split}' has no pairs")
+                warnings.append(f"split '{split}' has no {unit}")
 
     if missing and not splits and not errors.by_kind:
         for err in missing:
@@ -229,7 +252,7 @@ def check_dataset(
             inconsistencies.add(
                 "duplicate id", f"pair id '{pair_id}' is listed {len(where)} times ({', '.join(where)})"
             )
-    return _report(root, fmt, splits, errors, inconsistencies, warnings, max_listed)
+    return _report(root, fmt, splits, errors, inconsistencies, warnings, max_listed, unit)
 
 
 def _report(
@@ -240,11 +263,13 @@ def _report(
     inconsistencies: _Findings,
     warnings: list[str],
     max_listed: int,
+    unit: str = "pairs",
 ) -> CheckReport:
     return CheckReport(
         root=str(root),
         format=fmt,
         splits=splits,
+        unit=unit,
         errors=errors.lines(max_listed, "errors"),
         inconsistencies=inconsistencies.lines(max_listed, "cases"),
         warnings=warnings,
@@ -263,8 +288,11 @@ class _PairResult:
     labelled_pixels: int | None = None
 
 
-def _read_images(paths: Sequence[Path], read=read_rgb) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-    """Decode every image of a pair (all of them, so each broken one is reported), then compare sizes."""
+def _read_images(
+    paths: Sequence[Path], read=read_rgb, noun: str = "pair"
+) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Decode every image of a pair or sequence (all of them, so each broken one is reported), then
+    compare sizes."""
     arrays, errors = [], []
     for path in paths:
         try:
@@ -272,14 +300,10 @@ def _read_images(paths: Sequence[Path], read=read_rgb) -> tuple[list[np.ndarray]
         except DataError as err:
             errors.append(("image", str(err)))
     if not errors:
-        first, first_name = arrays[0], f"{paths[0].parent.name}/{paths[0].name}"
-        for path, array in zip(paths, arrays, strict=True):
-            if array.shape != first.shape:
-                size, expected = f"{array.shape[1]}x{array.shape[0]}", f"{first.shape[1]}x{first.shape[0]}"
-                message = (
-                    f"image is {size} but {first_name} is {expected}; the images of a pair must have one size"
-                )
-                errors.append(("image", f"{path}: {message}"))
+        try:
+            one_size(paths, arrays, noun)
+        except DataError as err:
+            errors.append(("image", str(err)))
     return arrays, errors
 
 
@@ -393,3 +417,47 @@ def _check_vqa_split(dataset: CDVQA, pool, errors, inconsistencies, ids) -> Spli
                 f"{dataset.index_file('questions')}: question {item.id} has type '{item.qtype}'",
             )
     return SplitStats(pairs=len(pairs), questions=len(dataset.items))
+
+
+# time series --------------------------------------------------------------------------------------
+@dataclass
+class _SequenceResult:
+    errors: list[tuple[str, str]]
+    #: the interval masks ``[T-1, H, W]``; None when they could not be read
+    masks: np.ndarray | None = None
+
+
+def _read_sequence(dataset: SequenceDataset, entry: SequenceEntry) -> _SequenceResult:
+    missing = dataset.missing_files(entry)
+    if missing:
+        return _SequenceResult([("missing file", str(err)) for err in missing])
+    arrays, errors = _read_images(entry.images, dataset.read_image, noun="sequence")
+    if errors:
+        return _SequenceResult(errors)
+    try:
+        return _SequenceResult([], dataset.read_interval_masks(entry, arrays[0].shape[:2]))
+    except DataError as err:
+        return _SequenceResult([("label", str(err))])
+
+
+def _check_sequence_split(dataset: SequenceDataset, pool, errors, inconsistencies, ids) -> SplitStats:
+    stats = SplitStats()
+    results = pool.map(partial(_read_sequence, dataset), dataset.entries)
+    for entry, result in zip(dataset.entries, results, strict=True):
+        stats.pairs += 1
+        stats.intervals += len(entry.images) - 1
+        ids[entry.id].append(entry.split)
+        for kind, message in result.errors:
+            errors.add(kind, message)
+        labelled = 0 if result.masks is None else int((result.masks != IGNORE_INDEX).sum())
+        if not labelled:
+            continue  # unreadable or unlabelled (SpaceNet 7 test_public): neither changed nor unchanged
+        change = (result.masks != 0) & (result.masks != IGNORE_INDEX)
+        changed_intervals = int(change.any(axis=(1, 2)).sum())
+        stats.with_mask += 1
+        stats.changed += changed_intervals > 0
+        stats.unchanged += changed_intervals == 0
+        stats.changed_intervals += changed_intervals
+        stats.changed_pixels += int(change.sum())
+        stats.labelled_pixels += labelled
+    return stats

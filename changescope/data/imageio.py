@@ -103,10 +103,15 @@ def _open_header(path: str | Path) -> Image.Image:
 
 def to_tensor_pair(a: np.ndarray, b: np.ndarray):
     """Stack two ``[H, W, 3]`` uint8 arrays into a float ``[2, 3, H, W]`` tensor in [0, 1]."""
+    return to_tensor_series([a, b])
+
+
+def to_tensor_series(arrays):
+    """Stack T ``[H, W, 3]`` uint8 arrays (oldest first) into a float ``[T, 3, H, W]`` tensor in [0, 1]."""
     import torch
 
-    pair = np.stack([a, b]).transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(pair)).float().div_(255.0)
+    series = np.stack(arrays).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(series)).float().div_(255.0)
 
 
 #: file suffixes treated as images when scanning folders (anything Pillow reads can still be passed by name)

@@ -13,7 +13,7 @@ xyxy normalised to [0, 1]. ``mask`` is a PNG path; its stored values are class i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -78,12 +78,12 @@ def _parse(obj: Any, where: str) -> Record:
     return record
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read every record of a JSONL file; errors name ``file:line``."""
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, object)`` for every non-blank line of a JSONL file; ``where`` is ``file:line``, which
+    errors about the object name too."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    records = []
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -93,8 +93,12 @@ def read_records(path: str | Path) -> list[Record]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(where, f"invalid JSON ({err.msg})") from None
-            records.append(_parse(obj, where))
-    return records
+            yield where, obj
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read every record of a JSONL file; errors name ``file:line``."""
+    return [_parse(obj, where) for where, obj in read_jsonl(path)]
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:

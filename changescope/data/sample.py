@@ -13,9 +13,12 @@ Keys of a sample:
 optional
     ``id`` (str), ``question``, ``answer``, ``qtype`` (str), ``boxes`` (float ``[N, 4]``, xyxy in [0, 1]),
     ``times`` (list of ISO dates), ``semantic`` (long ``[T, H, W]`` land-cover maps per date),
+    ``interval_masks`` (long ``[T-1, H, W]``: interval i is the change from date i to date i + 1, 0 none,
+    else a class id, ``IGNORE_INDEX`` unlabelled; time-series readers, ``readers/timeseries.py``),
     ``crs``, ``transform``, ``window`` (scene tiles).
 
-A batch has the same keys: tensors of equal shape are stacked (``image`` -> ``[B, T, C, H, W]``),
+A batch has the same keys: tensors of equal shape are stacked (``image`` -> ``[B, T, C, H, W]``; sequences
+of one T, so ``interval_masks`` -> ``[B, T-1, H, W]``),
 ``changed`` becomes a bool tensor ``[B]``, everything else a list of length B.
 """
 
@@ -32,8 +35,9 @@ IMAGE = "image"
 MASK = "mask"
 CAPTIONS = "captions"
 CHANGED = "changed"
+INTERVAL_MASKS = "interval_masks"
 
-_STACKED = ("image", "mask", "semantic")
+_STACKED = ("image", "mask", "semantic", INTERVAL_MASKS)
 
 #: ``mask`` value of a pixel without a label (losses and metrics skip it)
 IGNORE_INDEX = 255
@@ -57,6 +61,15 @@ def validate_sample(sample: Sample) -> Sample:
             raise ValueError("sample['mask'] must be a long tensor [H, W]")
         if tuple(mask.shape) != (height, width):
             raise ValueError(f"sample['mask'] is {tuple(mask.shape)}, image is {(height, width)}")
+    intervals = sample.get(INTERVAL_MASKS)
+    if intervals is not None:
+        expected = (image.shape[0] - 1, height, width)
+        if not isinstance(intervals, torch.Tensor) or intervals.dtype != torch.long or intervals.ndim != 3:
+            raise ValueError("sample['interval_masks'] must be a long tensor [T-1, H, W]")
+        if tuple(intervals.shape) != expected:
+            raise ValueError(
+                f"sample['interval_masks'] is {tuple(intervals.shape)}; [T-1, H, W] is {expected}"
+            )
     captions = sample.get(CAPTIONS)
     if captions is not None and not (
         isinstance(captions, list) and all(isinstance(c, str) for c in captions)

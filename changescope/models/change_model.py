@@ -7,6 +7,8 @@ images [B, T, 3, H, W] --backbone (shared weights)--> levels of the first and la
     question --question encoder--> tokens --cross attention to change tokens--> type + closed answer
         (free form: the caption decoder reads [change tokens, question tokens])
     query --same path--> FiLM on the mask head's fused map --> grounding mask [N, H, W]
+    T dates --backbone, every date--> levels [B, T, C, h, w] --temporal head--> change logit per interval
+        [B, T-1, H, W], composed with the pair heads' classes of each consecutive pair (:meth:`sequence`)
 
 A config with ``vocab_size > 0`` gets the caption decoder, one with ``classes`` the mask head, one with
 ``answers`` the VQA head, one with ``grounding`` the grounding head; all read the same change tokens, so
@@ -31,6 +33,7 @@ from changescope.models.heads.caption_decoder import CaptionDecoder
 from changescope.models.heads.mask_head import ChangeMaskHead, compose, upsample
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
 from changescope.models.heads.retrieval_head import RetrievalHead
+from changescope.models.heads.temporal_head import TemporalChangeHead
 from changescope.models.question_encoder import build_question_encoder
 
 #: inference precision -> autocast dtype (None: plain fp32)
@@ -65,6 +68,17 @@ class ChangeOutput:
 
 
 @dataclass
+class SequenceOutput:
+    #: change logit per interval ``[B, T-1, H, W]`` (interval i: date i -> date i + 1), from the temporal head
+    change_logit: Tensor
+    #: change-class scores per interval ``[B, T-1, K, H, W]``: the pair heads' classes of dates (i, i + 1)
+    #: composed with ``change_logit`` (argmax = class id), when asked for and the model has a mask head
+    mask_logits: Tensor | None = None
+    #: change tokens of each consecutive pair ``[B * (T-1), N, D]`` (captions per interval)
+    memory: Tensor | None = None
+
+
+@dataclass
 class QueryOutput:
     #: question-aware tokens ``[N, L, D]`` and their padding mask ``[N, L]`` (True = padding)
     tokens: Tensor
@@ -81,10 +95,16 @@ class ChangeModel(nn.Module):
         if 0 < config.vocab_size < 5:
             raise ValueError("config.vocab_size must count the 4 special tokens and at least one word")
         if not (
-            config.vocab_size or config.classes or config.answers or config.grounding or config.retrieval_dim
+            config.vocab_size
+            or config.classes
+            or config.answers
+            or config.grounding
+            or config.retrieval_dim
+            or config.temporal_kwargs
         ):
             raise ValueError(
-                "a change model needs a caption vocabulary, mask classes, answers, grounding or retrieval"
+                "a change model needs a caption vocabulary, mask classes, answers, grounding, retrieval "
+                "or a temporal head"
             )
         self.config = config
         self.precision = "fp32"
@@ -144,6 +164,15 @@ class ChangeModel(nn.Module):
             if config.retrieval_dim
             else None
         )
+        if config.temporal_kwargs and self.single_stream:
+            raise ValueError(
+                f"the temporal head needs per-date features; encoder {config.encoder} is single-stream"
+            )
+        self.temporal_head = (
+            TemporalChangeHead(self.backbone.channels, **config.temporal_kwargs)
+            if config.temporal_kwargs
+            else None
+        )
         if config.answers:
             allowed = torch.zeros(len(config.qtypes), len(config.answers), dtype=torch.bool)
             for qtype, ids in config.answer_types.items():
@@ -158,6 +187,7 @@ class ChangeModel(nn.Module):
             ("vqa", self.answer_head),
             ("grounding", self.grounding_head),
             ("retrieval", self.retrieval_head),
+            ("sequence", self.temporal_head),
         )
         return tuple(t for t, head in heads if head)
 
@@ -169,6 +199,7 @@ class ChangeModel(nn.Module):
                 "vqa": "question-answering head",
                 "grounding": "grounding head",
                 "retrieval": "retrieval head",
+                "sequence": "temporal (sequence) head",
             }[task]
             raise ChangescopeError(f"this model has no {what} (it was trained for: {', '.join(self.tasks)})")
 
@@ -269,6 +300,49 @@ class ChangeModel(nn.Module):
                 if value is not None:
                     setattr(out, name, value.float())
         return out
+
+    # -- sequences of T dates ------------------------------------------------------------------------
+
+    def date_levels(self, images: Tensor) -> list[Tensor]:
+        """Backbone levels of every date of ``images`` ``[B, T, 3, H, W]``, each ``[B, T, C, h, w]``
+        (one backbone pass over the B * T images), finest first."""
+        if images.ndim != 5 or images.shape[1] < 2:
+            raise ValueError(f"expected images [B, T>=2, 3, H, W], got {tuple(images.shape)}")
+        b, t = images.shape[:2]
+        return [f.reshape(b, t, *f.shape[1:]) for f in self.backbone(images.flatten(0, 1))]
+
+    @_autocast
+    def sequence(
+        self, images: Tensor | None = None, *, features: list[Tensor] | None = None, classes: bool = True
+    ) -> SequenceOutput:
+        """Change per interval of ``images`` ``[B, T, 3, H, W]`` (T >= 2, at the model's size) or of their
+        :meth:`date_levels` ``features``: the temporal head's change logit; with ``classes`` also the pair
+        heads on each consecutive pair (one pass over the B * (T-1) pairs of the levels already computed)
+        for the class of each change and its caption tokens."""
+        self.require("sequence")
+        if (images is None) == (features is None):
+            raise ValueError("pass images or features, not both")
+        levels = self.date_levels(images) if features is None else features
+        size = tuple(images.shape[-2:]) if images is not None else (self.config.image_size,) * 2
+        b, t = levels[0].shape[:2]
+        change = upsample(self.temporal_head(levels), size).float()
+        out = SequenceOutput(change)
+        if not classes:
+            return out
+        if self.mask_head is not None and self.mask_head.classifier is not None:
+            pairs = [torch.stack([f[:, :-1], f[:, 1:]], dim=2).flatten(0, 1) for f in levels]
+            pair = self.forward(features=pairs)
+            class_logits, out.memory = pair.class_logits.float(), pair.memory
+        else:  # a temporal head alone: binary change (``sequence_classes``)
+            class_logits = torch.zeros(b * (t - 1), 2, *size, device=change.device)
+        scores = compose(class_logits, change.flatten(0, 1), self.config.temporal_threshold)
+        out.mask_logits = scores.reshape(b, t - 1, *scores.shape[1:])
+        return out
+
+    @property
+    def sequence_classes(self) -> list[str]:
+        """The class names of :meth:`sequence`'s ``mask_logits``: the mask head's, else background / change."""
+        return list(self.config.classes) or ["background", "change"]
 
     # -- questions and grounding queries --------------------------------------------------------------
 

@@ -45,6 +45,11 @@ class ModelConfig:
     change_head_kwargs: dict[str, Any] = field(default_factory=dict)
     #: P(change) above which a pixel counts as changed (calibrated on the validation split in training)
     change_threshold: float = 0.5
+    #: the temporal change head for T >= 2 dates (``heads/temporal_head.py`` options, e.g.
+    #: ``{"d_model": 64}``); empty = none, and a sequence is read one interval at a time by the pair heads
+    temporal_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: P(change) of the temporal head above which an interval's pixel counts as changed (calibrated)
+    temporal_threshold: float = 0.5
     #: closed answers of the VQA head, index = answer id; empty = no VQA head
     answers: list[str] = field(default_factory=list)
     #: question types the VQA head tells apart ("open": answered in free form by the caption decoder)

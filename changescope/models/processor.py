@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,14 +60,24 @@ class ChangeProcessor:
     def read_pair(before, after) -> Tensor:
         """Two images (file paths, PIL images or arrays, see ``imageio.as_rgb``) at their own size ->
         ``[2, 3, H, W]`` in [0, 1]; the sizes must agree."""
-        a, b = as_rgb(before, "before"), as_rgb(after, "after")
-        if a.shape != b.shape:
-            other = Path(before).name if isinstance(before, (str, Path)) else "before"
-            raise DataError(
-                after if isinstance(after, (str, Path)) else "after",
-                f"image is {b.shape[1]}x{b.shape[0]} but {other} is {a.shape[1]}x{a.shape[0]}",
-            )
-        return torch.from_numpy(np.stack([a, b]).transpose(0, 3, 1, 2).copy()).float().div_(255)
+        return ChangeProcessor.read_stack([before, after], ("before", "after"))
+
+    @staticmethod
+    def read_stack(images: Sequence[Any], names: Sequence[str] | None = None) -> Tensor:
+        """T images (oldest first) at their own size -> ``[T, 3, H, W]`` in [0, 1]; every size must equal the
+        first's. ``names`` label inputs that are not files in errors (default "date 1" ...)."""
+        names = list(names) if names is not None else [f"date {t + 1}" for t in range(len(images))]
+        arrays = [as_rgb(image, name) for image, name in zip(images, names, strict=True)]
+        first = arrays[0]
+        for image, name, array in zip(images[1:], names[1:], arrays[1:], strict=True):
+            if array.shape != first.shape:
+                other = Path(images[0]).name if isinstance(images[0], (str, Path)) else names[0]
+                raise DataError(
+                    image if isinstance(image, (str, Path)) else name,
+                    f"image is {array.shape[1]}x{array.shape[0]} "
+                    f"but {other} is {first.shape[1]}x{first.shape[0]}",
+                )
+        return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy()).float().div_(255)
 
     def encode_captions(self, captions: Sequence[str]) -> Tensor:
         """Token ids ``[N, L]`` padded with ``<pad>``, each ``<start> ... <end>`` cut to ``max_len``."""

@@ -95,31 +95,48 @@ class CachedFeatures(Dataset):
     Only the levels the model's heads read are kept (the last one for a caption-only model).
     """
 
-    def __init__(self, ids, features, captions, changed, train: bool, seed: int = 0, masks=None, draw=True):
+    def __init__(
+        self,
+        ids,
+        features,
+        captions,
+        changed,
+        train: bool,
+        seed: int = 0,
+        masks=None,
+        draw=True,
+        mask_key="mask",
+    ):
         self.ids, self.features, self.captions, self.changed = ids, features, captions, changed
-        self.masks, self.draw = masks, draw
+        self.masks, self.draw, self.mask_key = masks, draw, mask_key
         self.train, self.rng = train, random.Random(seed)
         #: in training, flip / rotate each item's feature maps and mask together (see ``_dihedral``)
         self.augment = False
 
     @classmethod
     def compute(
-        cls, model, pairs: CaptionPairs, batch_size: int, train: bool, seed: int = 0
+        cls, model, pairs: CaptionPairs | SequenceItems, batch_size: int, train: bool, seed: int = 0
     ) -> CachedFeatures:
+        """Features of every item: the levels the pair heads read (``model.backbone_features``), or for
+        sequences every date's levels (``model.date_levels``, each ``[T, C, h, w]``)."""
+        sequences = isinstance(pairs, SequenceItems)
+        levels_of, mask_key = (
+            (model.date_levels, "interval_masks") if sequences else (model.backbone_features, "mask")
+        )
         ids, chunks, captions, changed, masks = [], [], [], [], []
         loader = DataLoader(pairs, batch_size=batch_size, collate_fn=_Collate(pairs.processor))
         with torch.inference_mode():
             for batch in loader:
-                chunks.append([level.half() for level in model.backbone_features(batch["image"])])
+                chunks.append([level.half() for level in levels_of(batch["image"])])
                 ids += batch["id"]
                 captions += batch["captions"]
                 changed += batch["changed"].tolist()
-                if "mask" in batch:
-                    masks.append(batch["mask"].to(torch.uint8))
+                if mask_key in batch:
+                    masks.append(batch[mask_key].to(torch.uint8))
         features = [torch.cat(level) for level in zip(*chunks, strict=True)]
-        return cls(
-            ids, features, captions, changed, train, seed, torch.cat(masks) if masks else None, pairs.captions
-        )
+        masks = torch.cat(masks) if masks else None
+        draw = pairs.captions and not sequences
+        return cls(ids, features, captions, changed, train, seed, masks, draw, mask_key)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -132,13 +149,44 @@ class CachedFeatures(Dataset):
             "changed": self.changed[index],
         }
         if self.masks is not None:
-            item["mask"] = self.masks[index]
+            item[self.mask_key] = self.masks[index]
         if self.train and self.draw:
             item["caption"] = self.rng.choice(self.captions[index]) if self.captions[index] else ""
         if self.train and self.augment and self.masks is not None:
             k, flip = self.rng.randrange(4), self.rng.random() < 0.5
             item["features"] = [_dihedral(level, k, flip) for level in item["features"]]
-            item["mask"] = _dihedral(item["mask"], k, flip)
+            item[self.mask_key] = _dihedral(item[self.mask_key], k, flip)
+        return item
+
+
+class SequenceItems(Dataset):
+    """Sequence samples (``image`` ``[T, 3, H, W]``, ``interval_masks`` ``[T-1, H, W]``) resized for the
+    model; in training, each visit turned by a random quarter turn and mirrored (dates and masks alike):
+    only where change happens is learnt here, and aerial views have no up or left."""
+
+    def __init__(
+        self, dataset, processor: ChangeProcessor, train: bool, seed: int = 0, augment: bool = False
+    ):
+        self.dataset, self.processor, self.train, self.augment = dataset, processor, train, augment
+        self.rng = random.Random(seed)
+        self.captions = False
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        item = {
+            "id": sample["id"],
+            "image": self.processor.resize(sample["image"]),
+            "interval_masks": self.processor.resize_mask(sample["interval_masks"]).to(torch.uint8),
+            "captions": sample.get("captions", []),
+            "changed": sample["changed"],
+        }
+        if self.train and self.augment:
+            k, flip = self.rng.randrange(4), self.rng.random() < 0.5
+            item["image"] = _dihedral(item["image"], k, flip)
+            item["interval_masks"] = _dihedral(item["interval_masks"], k, flip)
         return item
 
 
@@ -166,8 +214,9 @@ def collate_pairs(items: list[dict[str, Any]], processor: ChangeProcessor) -> di
         ]
     else:
         batch["image"] = torch.stack([i["image"] for i in items])
-    if "mask" in items[0]:
-        batch["mask"] = torch.stack([i["mask"] for i in items]).long()
+    for key in ("mask", "interval_masks"):
+        if key in items[0]:
+            batch[key] = torch.stack([i[key] for i in items]).long()
     if "caption" in items[0]:
         batch["caption_text"] = [i["caption"] for i in items]
         if processor.vocab is not None:  # a retrieval-only model draws captions but decodes none
@@ -222,6 +271,37 @@ def caption_loader(
         pairs = WithQueries(pairs, queries, processor, train, seed, questions, open_prompts)
     return DataLoader(
         pairs,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=num_workers,
+        collate_fn=_Collate(processor),
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def sequence_loader(
+    dataset,
+    processor: ChangeProcessor,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    model=None,
+    augment: bool = False,
+) -> DataLoader:
+    """Batches of a sequence split (``image`` ``[B, T, 3, S, S]``, ``interval_masks`` ``[B, T-1, S, S]``;
+    equal T within the split); with ``model`` whose backbone is frozen, of every date's precomputed levels."""
+    generator = torch.Generator().manual_seed(seed)
+    items: Dataset = SequenceItems(dataset, processor, train, seed, augment and train)
+    if model is not None and model.backbone.frozen:
+        items = CachedFeatures.compute(
+            model, SequenceItems(dataset, processor, False), batch_size, train, seed
+        )
+        items.augment = augment and train
+        num_workers = 0
+    return DataLoader(
+        items,
         batch_size=batch_size,
         shuffle=train,
         num_workers=num_workers,

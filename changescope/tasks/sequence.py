@@ -1,11 +1,17 @@
-"""Change over a stack of T dates with a pair model: each interval (t, t + 1) as a pair.
+"""Change over a stack of T dates: a change map and a caption per interval, and the date of change.
 
-This is the consecutive-pairs baseline of issue 17 (and what a user gets today from three or more dates):
-the pair model maps and captions every interval on its own, one forward pass per batch of intervals
-(``tasks.detection.iter_detections``); the date of change of a pixel is the first interval whose mask
-marks it (``metrics.temporal.first_change_map``). It knows nothing of the other dates, so a change seen
-in two intervals (e.g. a building under construction, then finished) counts in both, and illumination
-shifts between any two dates can read as change: a model that fuses all T dates has to beat it.
+Two ways to read a stack, chosen by the model:
+
+* **Temporal** (a model with a temporal head, ``--tasks sequence``): the backbone sees every date once, the
+  temporal head decides per interval and pixel whether it changed, looking at all T dates (a cloud or a
+  misregistered date that comes and goes is not a change), and the pair heads of each consecutive pair
+  name the class and caption the interval (``ChangeModel.sequence``).
+* **Consecutive pairs** (any pair model, or ``baseline=True``): the pair model maps and captions every
+  interval (t, t + 1) on its own (``tasks.detection.iter_detections``). It knows nothing of the other
+  dates, so anything that differs between two dates reads as change. This is the baseline of issue 17.
+
+Either way the date of change of a pixel is the first interval whose mask marks it
+(``metrics.temporal.first_change_map``).
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from changescope.errors import ChangescopeError
 from changescope.metrics.temporal import first_change_map
-from changescope.postprocess import MIN_AREA
+from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
 
 
 @dataclass
@@ -27,10 +34,47 @@ class SequenceChange:
     interval_masks: np.ndarray
     #: the first interval each pixel changed in ``[H, W]`` int16, -1 where it never did
     first_change: np.ndarray
-    #: the pair model's result per interval (classes, objects, caption)
+    #: per interval: dates, classes (area, objects, boxes), caption
     results: list[dict[str, Any]]
     #: one sentence: "between DATE and DATE <caption>" for each interval with change, joined by "; "
     caption: str
+    #: "temporal" (the temporal head) or "pairs" (the pair model on each interval)
+    method: str = "pairs"
+
+
+def uses_temporal_head(model, baseline: bool = False) -> bool:
+    return not baseline and "sequence" in model.tasks
+
+
+def _forward(model, processor, images: torch.Tensor, captions: bool):
+    """``images`` ``[N, T, 3, H, W]`` -> (class probabilities ``[N, T-1, K, H, W]``, caption token ids per
+    interval or None), one batched pass."""
+    n, t = images.shape[:2]
+    if t < 2:
+        raise ChangescopeError(f"a sequence needs at least 2 dates, got {t}")
+    device = next(model.parameters()).device
+    small = processor.resize(images).to(device)
+    tokens = None
+    with torch.inference_mode():
+        if uses_temporal_head(model):
+            out = model.sequence(small)
+            logits, memory = out.mask_logits.flatten(0, 1), out.memory
+        else:
+            result = model(torch.stack([small[:, :-1], small[:, 1:]], dim=2).flatten(0, 1))
+            logits, memory = result.mask_logits, result.memory
+        if captions and model.decoder is not None and memory is not None:
+            tokens = model.generate_from(memory)
+        probs = processor.resize_logits(logits, tuple(images.shape[-2:])).softmax(dim=1).float().cpu()
+    return probs.reshape(n, t - 1, *probs.shape[1:]), tokens
+
+
+def interval_probabilities(model, processor, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of every interval of a batch of sequences: ``images`` ``[N, T, 3, H, W]`` in
+    [0, 1] (any size; resized to and from the model) -> ``[N, T - 1, K, H, W]`` float32 on the CPU, where
+    interval ``i`` is the change from date ``i`` to date ``i + 1`` and ``K`` the model's classes (0 = no
+    change). The temporal head decides change where the model has one, else each consecutive pair alone.
+    Tiled callers (``scene`` on a stack of GeoTIFFs) blend these per tile."""
+    return _forward(model, processor, images, captions=False)[0]
 
 
 def sequence_caption(captions: Sequence[str | None], changed: Sequence[bool], dates: Sequence[str]) -> str:
@@ -44,6 +88,15 @@ def sequence_caption(captions: Sequence[str | None], changed: Sequence[bool], da
     return "; ".join(parts) or f"there is no change between {dates[0]} and {dates[-1]}"
 
 
+def _check_dates(images: Sequence[Any], dates: Sequence[str] | None) -> list[str]:
+    if len(images) < 2:
+        raise ChangescopeError(f"a sequence needs at least 2 images, got {len(images)}")
+    dates = list(dates) if dates is not None else [f"date {t + 1}" for t in range(len(images))]
+    if len(dates) != len(images):
+        raise ChangescopeError(f"{len(dates)} dates for {len(images)} images")
+    return dates
+
+
 def detect_sequence(
     model,
     processor,
@@ -51,23 +104,56 @@ def detect_sequence(
     dates: Sequence[str] | None = None,
     min_area: int = MIN_AREA,
     batch_size: int = 16,
+    baseline: bool = False,
 ) -> SequenceChange:
     """Per-interval change masks, the first-change map and a dated caption for ``images`` (T >= 2 paths,
-    PIL images or arrays of one size, oldest first); ``dates`` label the captions (default: "date 1" ...)."""
+    PIL images or arrays of one size, oldest first); ``dates`` label the captions (default: "date 1" ...).
+    ``baseline`` reads each interval with the pair heads alone even where the model has a temporal head."""
+    dates = _check_dates(images, dates)
+    if not uses_temporal_head(model, baseline):
+        model.require("mask")
+        return _consecutive_pairs(model, processor, images, dates, min_area, batch_size)
+    from changescope.tasks.consistency import reconcile
+
+    stack = processor.read_stack(images)
+    probs, tokens = _forward(model, processor, stack[None], captions=True)
+    texts = processor.decode(tokens) if tokens is not None else [None] * (len(images) - 1)
+    classes = model.sequence_classes
+    masks, results = [], []
+    for i, (p, text) in enumerate(zip(probs[0], texts, strict=True)):
+        mask = remove_small_objects(p.argmax(0).to(torch.uint8).numpy(), min_area)
+        summary = summarize_mask(mask, classes)
+        said = reconcile(text, summary)
+        results.append(
+            {
+                "interval": i,
+                "from": dates[i],
+                "to": dates[i + 1],
+                "caption": said.caption,
+                "caption_source": said.source,
+                "model_caption": text,
+                **summary,
+            }
+        )
+        masks.append(mask)
+    masks = np.stack(masks)
+    changed = [bool(m.any()) for m in masks]
+    caption = sequence_caption([r["caption"] for r in results], changed, dates)
+    return SequenceChange(masks, first_change_map(masks), results, caption, "temporal")
+
+
+def _consecutive_pairs(model, processor, images, dates, min_area: int, batch_size: int) -> SequenceChange:
     from changescope.tasks.detection import iter_detections
     from changescope.tasks.inference import Decoding
 
-    if len(images) < 2:
-        raise ChangescopeError(f"a sequence needs at least 2 images, got {len(images)}")
-    dates = list(dates) if dates is not None else [f"date {t + 1}" for t in range(len(images))]
-    if len(dates) != len(images):
-        raise ChangescopeError(f"{len(dates)} dates for {len(images)} images")
     pairs = [(str(t), images[t], images[t + 1]) for t in range(len(images) - 1)]
     found = list(
         iter_detections(model, processor, pairs, min_area, Decoding(batch_size=batch_size), None, batch_size)
     )
     masks = np.stack([d.mask for d in found])
-    results = [d.result for d in found]
+    results = [
+        {"interval": i, "from": dates[i], "to": dates[i + 1], **d.result} for i, d in enumerate(found)
+    ]
     changed = [bool(m.any()) for m in masks]
     caption = sequence_caption([r.get("caption") for r in results], changed, dates)
-    return SequenceChange(masks, first_change_map(masks), results, caption)
+    return SequenceChange(masks, first_change_map(masks), results, caption, "pairs")

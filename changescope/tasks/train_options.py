@@ -23,6 +23,9 @@ VQA_MONITORS = ("vqa_OA", "vqa_AA")
 GROUNDING_MONITORS = ("grounding_mIoU", "grounding_cIoU")
 #: retrieval scores are the mean of the text -> pair and pair -> text directions
 RETRIEVAL_MONITORS = ("retrieval_R@1", "retrieval_R@5", "retrieval_R@10", "retrieval_MRR")
+#: T-date sequences: pooled per-interval change IoU / F1, and the share of changed pixels whose first
+#: changed interval is found exactly (``metrics.temporal``)
+SEQUENCE_MONITORS = ("interval_IoU", "interval_F1", "first_change_exact")
 #: metric -> the task that produces it
 METRIC_TASK = {
     **{m: "caption" for m in CAPTION_MONITORS},
@@ -30,6 +33,7 @@ METRIC_TASK = {
     **{m: "vqa" for m in VQA_MONITORS},
     **{m: "grounding" for m in GROUNDING_MONITORS},
     **{m: "retrieval" for m in RETRIEVAL_MONITORS},
+    **{m: "sequence" for m in SEQUENCE_MONITORS},
 }
 MONITORS = tuple(METRIC_TASK)
 PRIMARY = {
@@ -38,6 +42,7 @@ PRIMARY = {
     "vqa": "vqa_OA",
     "grounding": "grounding_mIoU",
     "retrieval": "retrieval_R@5",
+    "sequence": "interval_IoU",
 }
 TASKS = tuple(PRIMARY)
 #: what --accelerator takes (Lightning's accelerator names)
@@ -52,6 +57,10 @@ def parse_tasks(value: str | None) -> tuple[str, ...] | None:
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise ChangescopeError(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}; got {value!r}")
+    if "sequence" in tasks and len(set(tasks)) > 1:
+        raise ChangescopeError(
+            "--tasks sequence trains on T-date sequences alone; train the pair tasks in another run"
+        )
     return tuple(t for t in TASKS if t in tasks)
 
 
@@ -65,6 +74,7 @@ FREEZABLE = {
     "questions": ("question_encoder", "fusion", "answer_head"),
     "grounding": ("grounding_head",),
     "retrieval": ("retrieval_head",),
+    "temporal": ("temporal_head",),
 }
 
 

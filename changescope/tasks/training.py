@@ -48,7 +48,7 @@ from changescope.models.heads.query_heads import grounding_loss
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
-from changescope.tasks.data import binary_remap, binary_target, caption_loader
+from changescope.tasks.data import binary_remap, binary_target, caption_loader, sequence_loader
 from changescope.tasks.queries import OPEN, attach, open_pairs
 from changescope.tasks.train_options import (  # noqa: F401 (re-exported: tests and callers import them here)
     CAPTION_MONITORS,
@@ -124,6 +124,16 @@ class ChangeTask(pl.LightningModule):
         for module in self._frozen_modules():
             module.eval()
 
+    @property
+    def sequences(self) -> bool:
+        """A run on T-date sequences: only the temporal head learns (``--tasks sequence``)."""
+        return self.tasks == ("sequence",)
+
+    def _sequence_logits(self, batch) -> torch.Tensor:
+        if "features" in batch:
+            return self.model.sequence(features=batch["features"], classes=False).change_logit
+        return self.model.sequence(batch["image"], classes=False).change_logit
+
     def _forward(self, batch):
         pixels = "grounding" in self.tasks
         masks = "mask" in self.tasks  # a run that does not train or score masks skips the mask head
@@ -132,6 +142,8 @@ class ChangeTask(pl.LightningModule):
         return self.model(batch["image"], pixels=pixels, masks=masks)
 
     def training_step(self, batch, batch_idx):
+        if self.sequences:
+            return self._sequence_step(batch)
         out = self._forward(batch)
         size = len(batch["id"])
         loss = torch.zeros((), device=out.memory.device)
@@ -162,6 +174,17 @@ class ChangeTask(pl.LightningModule):
             self.log("train/retrieval_loss", retrieval, batch_size=size)
             loss = loss + self.options.retrieval_weight * retrieval
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self._train_losses.append(loss.detach())
+        return loss
+
+    def _sequence_step(self, batch):
+        from changescope.models.heads.temporal_head import temporal_loss
+
+        logits = self._sequence_logits(batch)
+        loss = temporal_loss(
+            logits, binary_target(batch["interval_masks"]), IGNORE_INDEX, self.options.dice_weight
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
         self._train_losses.append(loss.detach())
         return loss
 
@@ -202,8 +225,10 @@ class ChangeTask(pl.LightningModule):
             VQAAccumulator,
         )
         from changescope.metrics.segmentation import ConfusionMatrix
+        from changescope.metrics.temporal import TemporalAccumulator
 
         self._captions = CaptionAccumulator(self.no_change)
+        self._temporal = TemporalAccumulator(IGNORE_INDEX)
         self._answers = VQAAccumulator()
         self._grounding = GroundingAccumulator()
         self._retrieval = RetrievalAccumulator()
@@ -213,6 +238,14 @@ class ChangeTask(pl.LightningModule):
         self._histograms = None  # change probabilities of changed / unchanged validation pixels
 
     def validation_step(self, batch, batch_idx):
+        if self.sequences:
+            logits, target = self._sequence_logits(batch), batch["interval_masks"]
+            threshold = math.log(
+                self.model.config.temporal_threshold / (1 - self.model.config.temporal_threshold)
+            )
+            self._temporal.update(logits > threshold, target)
+            self._update_histograms(logits, binary_target(target))
+            return
         out = self._forward(batch)
         device = out.memory.device
         if "vqa" in self.tasks and batch["questions"]:
@@ -277,7 +310,7 @@ class ChangeTask(pl.LightningModule):
         if self.trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
             return
         shards: list = [None] * dist.get_world_size()
-        mine = (self._captions, self._answers, self._grounding, self._retrieval)
+        mine = (self._captions, self._answers, self._grounding, self._retrieval, self._temporal)
         dist.all_gather_object(shards, mine)
         rank = dist.get_rank()
         for index, theirs in enumerate(shards):
@@ -314,6 +347,11 @@ class ChangeTask(pl.LightningModule):
         if len(self._grounding):
             scores = self._grounding.compute()
             values["grounding_mIoU"], values["grounding_cIoU"] = scores["mIoU"], scores["cIoU"]
+        if len(self._temporal):
+            scores = self._temporal.compute()
+            values["interval_IoU"], values["interval_F1"] = scores["IoU"] or 0.0, scores["F1"] or 0.0
+            values["first_change_exact"] = scores["localisation"]["exact"] or 0.0
+            values["false_change"] = scores["localisation"]["false_change"] or 0.0
         if len(self._retrieval):
             scores = self._retrieval.compute()
             for key in ("R@1", "R@5", "R@10", "MRR"):
@@ -326,7 +364,7 @@ class ChangeTask(pl.LightningModule):
         # under DDP every rank holds the same gathered values: syncing averages equal numbers
         distributed = self.trainer.world_size > 1
         for key, value in values.items():
-            bar = key in ("CIDEr-D", "mIoU_no_bg", "vqa_OA", "grounding_mIoU")
+            bar = key in ("CIDEr-D", "mIoU_no_bg", "vqa_OA", "grounding_mIoU", "interval_IoU")
             self.log(f"val/{key}", value, prog_bar=bar, sync_dist=distributed)
 
     def _caption_scores(self) -> dict[str, float]:
@@ -378,13 +416,15 @@ class ExportBest(pl.Callback):
             return
         self.best, self.best_epoch = float(value), trainer.current_epoch
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        threshold = task.model.config.change_threshold
+        # the calibrated threshold is the change head's, or the temporal head's in a sequence run
+        field = "temporal_threshold" if task.sequences else "change_threshold"
+        threshold = getattr(task.model.config, field)
         if task.calibrated_threshold is not None:
-            task.model.config.change_threshold = task.calibrated_threshold
+            setattr(task.model.config, field, task.calibrated_threshold)
         try:
             save_pretrained(task.model, task.processor, self.out / "model")
         finally:
-            task.model.config.change_threshold = threshold
+            setattr(task.model.config, field, threshold)
         write_json_atomic(
             self.out / "model" / "training.json",
             {
@@ -434,7 +474,15 @@ class MetricsLog(pl.Callback):
         self.rows = list(state["rows"])
 
 
+def _is_sequences(dataset) -> bool:
+    from changescope.data.readers.timeseries import SequenceDataset
+
+    return isinstance(dataset, SequenceDataset)
+
+
 def _default_tasks(options: TrainOptions, train_ds, records, captions) -> tuple[str, ...]:
+    if _is_sequences(train_ds):
+        return ("sequence",)
     preset_has_masks = bool(build_config(options.preset, 0).mask_head_kwargs)
     tasks = []
     if captions:
@@ -457,6 +505,7 @@ def _check_tasks(options: TrainOptions, tasks, train_ds, records, captions) -> N
         "vqa": any(r.task == "vqa" for r in records),
         "grounding": any(r.task == "grounding" for r in records),
         "retrieval": bool(captions),
+        "sequence": _is_sequences(train_ds),
     }
     what = {
         "caption": "captions",
@@ -464,6 +513,7 @@ def _check_tasks(options: TrainOptions, tasks, train_ds, records, captions) -> N
         "vqa": "question records",
         "grounding": "grounding records",
         "retrieval": "captions",
+        "sequence": "sequences of dates with interval masks",
     }
     for task in tasks:
         if not have[task]:
@@ -503,6 +553,8 @@ def _prepare_run(options: TrainOptions, out: Path) -> tuple[ModelConfig, Vocabul
         overrides.setdefault("retrieval_dim", RETRIEVAL_DIM)
     else:
         overrides["retrieval_dim"] = 0
+    if "sequence" in tasks:
+        overrides.setdefault("temporal_kwargs", dict(TEMPORAL_KWARGS))
     if options.question_encoder is not None:
         overrides["question_encoder"] = options.question_encoder
     vocab = None
@@ -548,7 +600,10 @@ TASK_FIELDS = {
     "vqa": ("answers", "qtypes", "answer_types"),
     "grounding": ("grounding",),
     "retrieval": ("retrieval_dim",),
+    "sequence": ("temporal_kwargs",),
 }
+#: the temporal head a sequence run adds to a model that has none
+TEMPORAL_KWARGS = {"d_model": 64, "num_layers": 2, "num_heads": 4}
 
 
 def _keep_init_heads(
@@ -600,6 +655,7 @@ def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str
         "vqa": bool(config.answers),
         "grounding": config.grounding,
         "retrieval": config.retrieval_dim > 0,
+        "sequence": bool(config.temporal_kwargs),
     }
     untrained = [t for t, has in model_tasks.items() if has and t not in tasks]
     heads = {
@@ -608,6 +664,7 @@ def _default_freeze(options: TrainOptions, config: ModelConfig, tasks: tuple[str
         "vqa": "questions",
         "grounding": "grounding",
         "retrieval": "retrieval",
+        "sequence": "temporal",
     }
     frozen = (["encoder"] if untrained else []) + [heads[t] for t in untrained]
     if "mask" in untrained and config.change_head_kwargs:
@@ -725,6 +782,20 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
 
     def loader(split: str, train_mode: bool):
         dataset, records = open_pairs(options.data, split, options.format)
+        if task.sequences:
+            if options.limit_pairs:
+                dataset.entries = dataset.entries[: options.limit_pairs]
+            model = task.model if options.cache_features else None
+            return sequence_loader(
+                dataset,
+                task.processor,
+                options.batch_size,
+                train_mode,
+                options.num_workers,
+                options.seed,
+                model,
+                augment=options.augment,
+            )
         dataset = tiled_if_uncaptioned(dataset, config.image_size)
         if options.limit_pairs:
             dataset.entries = dataset.entries[: options.limit_pairs]

@@ -26,6 +26,9 @@ FORMATS: dict[str, str] = {
     "xbd": "changescope.data.readers.changedetection:XBD",
     "landsat": "changescope.data.readers.changedetection:LandsatSparse",
     "triplets": "changescope.data.readers.changedetection:SceneTriplets",
+    # time series: T >= 2 dates, a change mask per interval (changescope/data/readers/timeseries.py)
+    "synthchange-sequences": "changescope.data.readers.timeseries:SynthChangeSequences",
+    "spacenet7": "changescope.data.readers.timeseries:SpaceNet7",
 }
 
 
@@ -54,6 +57,11 @@ def detect_format(root: str | Path) -> str:
         p.is_dir() for p in (root / "description_jsontr_te_val", *root.glob("*/description_jsontr_te_val"))
     ):
         return "dubai-cc"
+    from changescope.data.readers.timeseries import detect as detect_series
+
+    found = detect_series(root)
+    if found is not None:
+        return found
     # change-detection layouts, after every caption format: SZTAKI, OSCD, xBD, Landsat, then the generic
     # A/B/label folder, then a search for <name>_gt single-scene triplets
     from changescope.data.readers.changedetection import detect

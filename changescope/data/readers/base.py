@@ -9,6 +9,7 @@ with the file named; images are read lazily in ``__getitem__``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from changescope.data.imageio import read_rgb, to_tensor_pair
+from changescope.data.imageio import read_rgb, to_tensor_series
 from changescope.data.text import normalize
 from changescope.errors import DataError
 
@@ -159,16 +160,7 @@ class CaptionPairDataset(torch.utils.data.Dataset):
         return True if derived is None else derived
 
     def read_images(self, entry: PairEntry) -> list[np.ndarray]:
-        arrays = [read_rgb(p) for p in entry.images]
-        for path, array in zip(entry.images[1:], arrays[1:], strict=True):
-            if array.shape != arrays[0].shape:
-                first = entry.images[0]
-                raise DataError(
-                    path,
-                    f"image is {array.shape[1]}x{array.shape[0]} but {first.parent.name}/{first.name} is "
-                    f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; the images of a pair must have one size",
-                )
-        return arrays
+        return one_size(entry.images, [read_rgb(p) for p in entry.images])
 
     def read_mask(self, entry: PairEntry, shape: tuple[int, int]) -> np.ndarray | None:
         if entry.label is None:
@@ -186,20 +178,29 @@ class CaptionPairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
         arrays = self.read_images(entry)
-        image = (
-            to_tensor_pair(*arrays)
-            if len(arrays) == 2
-            else torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy()).float().div_(255.0)
-        )
         sample: dict[str, Any] = {
             "id": entry.id,
-            "image": image,
+            "image": to_tensor_series(arrays),
             "captions": list(entry.captions),
             "changed": self.changed(entry),
         }
         for key, value in self._targets(entry, arrays[0].shape[:2]).items():
             sample[key] = torch.from_numpy(value.astype(np.int64))
         return sample
+
+
+def one_size(paths: Sequence[Path], arrays: list[np.ndarray], noun: str = "pair") -> list[np.ndarray]:
+    """``arrays`` (decoded from ``paths``, in order) when they share one size, else an error naming the
+    first file whose size differs from the first file's."""
+    first = paths[0]
+    for path, array in zip(paths[1:], arrays[1:], strict=True):
+        if array.shape != arrays[0].shape:
+            raise DataError(
+                path,
+                f"image is {array.shape[1]}x{array.shape[0]} but {first.parent.name}/{first.name} is "
+                f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; the images of a {noun} must have one size",
+            )
+    return arrays
 
 
 def decode_values(path: Path, values: np.ndarray, value_map: dict[int, int]) -> np.ndarray:

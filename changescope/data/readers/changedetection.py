@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from changescope.data.imageio import IMAGE_SUFFIXES, image_size, read_array, to_tensor_pair
-from changescope.data.readers.base import CaptionPairDataset, PairEntry, decode_values, read_json
+from changescope.data.readers.base import CaptionPairDataset, PairEntry, decode_values, one_size, read_json
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX
 from changescope.errors import DataError
 
@@ -177,16 +177,7 @@ class ChangeDetectionDataset(CaptionPairDataset):
         return image_size(entry.images[0])
 
     def read_images(self, entry: PairEntry) -> list[np.ndarray]:
-        arrays = [self.read_image(p) for p in entry.images]
-        first = entry.images[0]
-        for path, array in zip(entry.images[1:], arrays[1:], strict=True):
-            if array.shape != arrays[0].shape:
-                raise DataError(
-                    path,
-                    f"image is {array.shape[1]}x{array.shape[0]} but {first.parent.name}/{first.name} is "
-                    f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; the images of a pair must have one size",
-                )
-        return arrays
+        return one_size(entry.images, [self.read_image(p) for p in entry.images])
 
     def read_mask(self, entry: PairEntry, shape: tuple[int, int]) -> np.ndarray:
         mask = self._decode_mask(entry, shape)

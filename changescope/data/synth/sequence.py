@@ -17,8 +17,11 @@ questions) from ``[seed, index, SEQUENCE_STREAM, 1]``; pairs use ``[seed, index]
 Nuisance, as for pairs: every date has its own illumination; dates after the first get an
 illumination and season change relative to the first (each drawn afresh, so appearance varies around
 the first date instead of drifting away from it). Sequences without any change have each later date
-misregistered by 1-2 px with probability 1/2; sequences with change are never shifted, which keeps
-their masks exact.
+misregistered by 1-2 px with probability 1/2; sequences with change are never shifted by this step.
+Then, unless ``weather=False``, transient nuisance from ``weather.py`` on its own stream
+``[seed, index, SEQUENCE_STREAM, 2]``: clouds with shadows (a date in four), haze, and with probability
+0.35 one later date misregistered by 1-3 px (change or not: its masks stay on the ground grid, so they
+are exact to within that shift at object edges). None of it is change.
 
 On-disk layout written by :func:`write_sequences` (docs/SYNTHCHANGE.md, "Sequences")::
 
@@ -67,6 +70,7 @@ from changescope.data.synth.scene import (
     shift,
 )
 from changescope.data.synth.terrain import ground
+from changescope.data.synth.weather import apply_weather
 from changescope.data.synth.writer import (
     GENERATOR_VERSION,
     SPLITS,
@@ -78,7 +82,7 @@ from changescope.data.synth.writer import (
 
 #: third seed word of a sequence's RNG: keeps sequence streams apart from the pairs' ``[seed, index]``
 SEQUENCE_STREAM = 0x5E9
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: clouds, haze and a misregistered date ("weather")
 MIN_DATES, MAX_DATES = 2, 16
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 #: first_change.png value of a pixel that never changed
@@ -251,8 +255,12 @@ def _check_dates(dates: Any) -> int:
 
 
 # ----------------------------------------------------------------------------------------- rendering
-def render_sequence(seed: int, index: int, size: int = 256, dates: int = 5) -> SynthSequence:
-    """Sequence ``index`` of ``seed``: ``dates`` renders of one scene, per-interval masks, text."""
+def render_sequence(
+    seed: int, index: int, size: int = 256, dates: int = 5, weather: bool = True
+) -> SynthSequence:
+    """Sequence ``index`` of ``seed``: ``dates`` renders of one scene, per-interval masks, text.
+    ``weather`` adds transient clouds, haze and one misregistered date (``weather.py``), drawn from their
+    own stream so that everything else is the same with or without it."""
     count = _check_dates(dates)
     rng = np.random.default_rng([seed, index, SEQUENCE_STREAM])
     tex = noise_bank(seed, size).crops(rng)
@@ -266,6 +274,11 @@ def render_sequence(seed: int, index: int, size: int = 256, dates: int = 5) -> S
     own = tuple(_objects_at(events, t) for t in range(count))
     renders = render_pair(ground_rgb, ground_lc, shared, own)
     images, nuisance = _apply_nuisance(rng, renders, bool(events))
+    if weather:
+        images, transient = apply_weather(np.random.default_rng([seed, index, SEQUENCE_STREAM, 2]), images)
+        for look, extra in zip(nuisance, transient, strict=True):
+            look.update(clouds=extra["clouds"], haze=extra["haze"])
+            look["shift"] = tuple(a + b for a, b in zip(look["shift"], extra["shift"], strict=True))
     masks = np.stack([change_mask([e for i, e in events if i == k], size) for k in range(count - 1)])
     changed = masks != 0
     sequence = SynthSequence(
@@ -492,7 +505,13 @@ def first_change_png(first_change: np.ndarray) -> np.ndarray:
 
 
 def _manifest(
-    seed: int, size: int, dates: int, sequences: int, rows: list[dict[str, Any]], fractions=SPLIT_FRACTIONS
+    seed: int,
+    size: int,
+    dates: int,
+    sequences: int,
+    rows: list[dict[str, Any]],
+    fractions=SPLIT_FRACTIONS,
+    weather: bool = True,
 ) -> dict[str, Any]:
     counts = {}
     for split in SPLITS:
@@ -512,6 +531,7 @@ def _manifest(
         "size": size,
         "dates": dates,
         "sequences": sequences,
+        "weather": weather,
         "ground_sample_distance_m": 0.5 * 256 / size,
         "split_fractions": list(fractions),
         "mask_classes": [
@@ -533,6 +553,7 @@ def write_sequences(
     dates: int = 5,
     split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
     progress=None,
+    weather: bool = True,
 ) -> Path:
     """Write ``sequences`` sequences of ``dates`` dates into the new directory ``out``; return ``out``.
 
@@ -550,14 +571,14 @@ def write_sequences(
     try:
         writer = _SequenceWriter(tmp)
         for index, (split, number) in enumerate(assign_splits(sequences, seed, tuple(split_fractions))):
-            writer.add(render_sequence(seed, index, size, count), split, number)
+            writer.add(render_sequence(seed, index, size, count, weather), split, number)
             if progress is not None:
                 progress(index + 1)
         order = {s: i for i, s in enumerate(SPLITS)}
         writer.rows.sort(key=lambda r: (order[r["split"]], r["id"]))
         lines = "".join(json.dumps(row) + "\n" for row in writer.rows)
         (tmp / "sequences.jsonl").write_text(lines, encoding="utf-8")
-        manifest = _manifest(seed, size, count, sequences, writer.rows, split_fractions)
+        manifest = _manifest(seed, size, count, sequences, writer.rows, split_fractions, weather)
         (tmp / "synthchange_sequences.json").write_text(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )
