@@ -9,6 +9,7 @@
     pipe.detect(["a1.png", "a2.png"], ["b1.png", "b2.png"])     # batched -> a list of detections
     reply = pipe.ask("before.png", "after.png", "how many buildings were built?")
     pipe.scene("a.tif", "b.tif", "out/")                # the `changescope scene` pipeline; its summary
+    pipe.scene("2016.tif", "2018.tif", "2020.tif", out="out/")   # a stack: per interval, date of change
     pipe.sequence(["2016.png", "2018.png", "2020.png"], ["2016", "2018", "2020"])   # when it changed
     pipe.match("before.png", "after.png", ["new roads", "no change"])   # pair -> text: ranked sentences
     pipe.embed("before.png", "after.png") @ pipe.embed_texts(["new roads"]).T   # the search space
@@ -150,13 +151,30 @@ class ChangePipeline:
 
         return detect_sequence(self.model, self.processor, list(images), dates, min_area, batch_size)
 
-    def scene(self, a: str | Path, b: str | Path, out: str | Path, *, overwrite: bool = False, **options):
-        """Run ``changescope scene`` on two rasters of any size; return its summary (also in
-        ``OUT/summary.json``). ``options`` are ``tasks.scene.SceneOptions`` fields (bands, tile, ...)."""
-        from changescope.tasks.scene import SceneOptions, run_scene
+    def scene(
+        self,
+        *paths: str | Path,
+        out: str | Path | None = None,
+        dates: list[str] | None = None,
+        overwrite: bool = False,
+        **options,
+    ):
+        """Run ``changescope scene`` on rasters of any size; return its summary (also in
+        ``OUT/summary.json``): ``scene(a, b, out)`` for a pair, ``scene(d1, d2, d3, ..., out=OUT)`` for a
+        stack of dates, oldest first (``out`` may also be the last positional argument). ``dates``: one
+        per file (YYYY-MM-DD, YYYYMMDD or YYYY; default for a stack: from each file's metadata or name).
+        ``options`` are ``tasks.scene.SceneOptions`` fields (bands, tile, ...)."""
+        from changescope.tasks.scene import SceneOptions, run_scene, run_scene_stack
 
+        if out is None and paths:
+            *paths, out = paths
+        if out is None or len(paths) < 2:
+            raise ChangescopeError("scene takes 2 or more rasters, oldest first, and an output folder (out=)")
         triple = (self.model, self.processor, self.path)
-        return run_scene(a, b, out, triple, SceneOptions(**options), progress=False, overwrite=overwrite)
+        run = {"options": SceneOptions(**options), "progress": False, "overwrite": overwrite, "dates": dates}
+        if len(paths) == 2:
+            return run_scene(*paths, out, triple, **run)
+        return run_scene_stack(paths, out, triple, **run)
 
 
 def load(

@@ -24,6 +24,15 @@ data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=Tru
 app.add_typer(data_app, name="data")
 
 
+def _dates_option():
+    return typer.Option(
+        None,
+        "--dates",
+        help="Three or more images: one date per image, comma-separated (YYYY-MM-DD, YYYYMMDD or YYYY); "
+        "default: each file's metadata, else a date in its name, else the order given.",
+    )
+
+
 def _precision_option():
     return typer.Option(
         None,
@@ -399,8 +408,10 @@ def describe(
     paths: list[str] = typer.Argument(
         ...,
         help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER holding A/ and B/ with matching file names, or "
-        "[MODEL] MANIFEST (.csv / .jsonl naming before, after and optionally id).",
+        "[MODEL] MANIFEST (.csv / .jsonl naming before, after and optionally id), or [MODEL] IMAGE1 IMAGE2 "
+        "IMAGE3 ... (3 or more dates of one place).",
     ),
+    dates: str | None = _dates_option(),
     beam: int = typer.Option(1, "--beam", help="Beam size (1 = greedy)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty"),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -416,15 +427,23 @@ def describe(
     MODEL defaults to the shipped model ('default'). Images with more than 3 bands use the first 3;
     1-band images are refused. A manifest's relative paths are read from its own folder; a pair's id is
     its id column, else the after file's stem.
+
+    Three or more images of one place (one size) give one sentence over the dates: "between 2016 and
+    2018 <caption>; between 2018 and 2020 ..." for each interval that changed. They are sorted by --dates,
+    else by the dates in their metadata or names, else kept in the order given.
     """
     from changescope.tasks.inference import Decoding, iter_descriptions, load
     from changescope.tasks.pairs import check_pair_files, write_jsonl_resumable
 
     _check_decoding(beam, batch_size, length_penalty)
     _check_precision(precision)
-    if len(paths) > 3:
-        raise typer.BadParameter("give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
     model_spec, inputs = _split_model_arg(paths)
+    _no_dates_for_pairs(dates, inputs)
+    if len(inputs) >= 3:
+        if out is not None:
+            raise typer.BadParameter("--out writes the captions of a folder or manifest; a stack prints one")
+        _describe_stack(model_spec, inputs, dates, beam, as_json, precision)
+        return
     decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
     if len(inputs) == 1:
         pairs = _many_pairs(
@@ -468,19 +487,38 @@ def describe(
             typer.echo(row["caption"] if len(pairs) == 1 else f"{row['id']}\t{row['caption']}")
 
 
+def _describe_stack(model_spec, inputs, dates, beam, as_json, precision) -> None:
+    from changescope.tasks.inference import load
+    from changescope.tasks.sequence import detect_sequence, sequence_result
+
+    if beam != 1:
+        raise typer.BadParameter("--beam: the captions of a stack are greedy; give --beam 1")
+    files, labels = _stack_inputs(inputs, dates)
+    _check_model(model_spec)
+    model, processor, model_path = load(model_spec, precision)
+    change = detect_sequence(model, processor, files, labels)
+    if as_json:
+        result = sequence_result(change, labels)
+        _echo_json({**result, "files": [str(f) for f in files], "model": str(model_path)})
+    else:
+        typer.echo(change.caption)
+
+
 @app.command()
 def detect(
     paths: list[str] = typer.Argument(
         ...,
-        help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER (A/ and B/) or MANIFEST (.csv / .jsonl) of pairs "
-        "(MODEL defaults to 'default').",
+        help="[MODEL] BEFORE AFTER, or [MODEL] FOLDER (A/ and B/) or MANIFEST (.csv / .jsonl) of pairs, or "
+        "[MODEL] IMAGE1 IMAGE2 IMAGE3 ... (3 or more dates of one place) (MODEL defaults to 'default').",
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
         help="Write mask.png, overlay.png, result.json here; for a folder or manifest, DIR/<id>/ per pair "
-        "and DIR/results.jsonl (DIR new or empty, or an earlier run's: then it resumes).",
+        "and DIR/results.jsonl (DIR new or empty, or an earlier run's: then it resumes); for 3+ dates, "
+        "interval_<i>.png, date_of_change.png, overlay.png and result.json.",
     ),
+    dates: str | None = _dates_option(),
     min_area: int = typer.Option(MIN_AREA, "--min-area", min=0, help="Drop changed objects under N pixels."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the caption (1 = greedy)."),
     gsd: float | None = typer.Option(
@@ -507,6 +545,14 @@ def detect(
     result row per pair, with its id), written as the pairs are done, --batch-size pairs per forward pass.
     DIR must be new or empty, or hold the results.jsonl (or results.jsonl.part) of an earlier run: then
     the run resumes, skipping the pairs whose DIR/<id>/result.json exists; --overwrite redoes them all.
+
+    Three or more images of one place (one size; sorted by --dates, else by the dates in their metadata or
+    names, else kept in the order given) are read as a time series: --out DIR gets interval_<i>.png (class
+    ids of the change from date i to date i + 1), date_of_change.png (the first interval that changed at
+    each pixel, 0 where none did), overlay.png (that map over the last date) and result.json (per interval:
+    dates, classes, objects, caption; the dated caption). A model with a temporal head reads all the dates
+    together; a pair model reads each interval on its own. Images are resized to the model's size (for
+    large rasters use `changescope scene` with the stack).
     """
     from changescope.fileio import check_output_dir
     from changescope.tasks.detection import detect_pair, write_detection
@@ -517,8 +563,14 @@ def detect(
     _check_precision(precision)
     _check_decoding(beam, batch_size)
     model_spec, inputs = _split_model_arg(paths)
-    if len(inputs) not in (1, 2):
-        raise typer.BadParameter("give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
+    _no_dates_for_pairs(dates, inputs)
+    if len(inputs) >= 3:
+        if out is None and not as_json:
+            raise typer.BadParameter("give --out DIR, --json, or both")
+        if beam != 1 or gsd is not None:
+            raise typer.BadParameter("--beam and --gsd apply to pairs; a stack is read at the model's size")
+        _detect_stack(model_spec, inputs, dates, out, min_area, as_json, overwrite, precision)
+        return
     decoding = Decoding(beam_size=beam, batch_size=batch_size)
     if len(inputs) == 1:
         usage = "give BEFORE AFTER, or a FOLDER / MANIFEST of pairs with --out DIR, optionally after MODEL"
@@ -557,6 +609,36 @@ def detect(
             typer.echo(detection.result["caption"])
         typer.echo(counts or "no changed pixels")
         typer.echo(f"wrote {out}/mask.png, overlay.png, result.json")
+
+
+def _detect_stack(model_spec, inputs, dates, out, min_area, as_json, overwrite, precision) -> None:
+    from changescope.fileio import check_output_dir
+    from changescope.tasks.inference import load
+    from changescope.tasks.sequence import detect_sequence, sequence_result, write_sequence
+
+    files, labels = _stack_inputs(inputs, dates)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    _check_model(model_spec)
+    model, processor, model_path = load(model_spec, precision)
+    change = detect_sequence(model, processor, files, labels, min_area)
+    result = {**sequence_result(change, labels), "files": [str(f) for f in files], "model": str(model_path)}
+    if out is not None:
+        write_sequence(change, result, out, overwrite)
+    if as_json:
+        _echo_json(result)
+        return
+    typer.echo(change.caption)
+    pixels = result["date_of_change"]["first_changed_pixels"]
+    for row, first in zip(result["intervals"], pixels, strict=True):
+        changed = ", ".join(
+            f"{name} {c['objects']} object{'s' * (c['objects'] != 1)}"
+            for name, c in row["classes"].items()
+            if c["pixels"]
+        )
+        typer.echo(f"{row['from']} -> {row['to']}: {changed or 'no change'} ({first} pixels changed first)")
+    if out is not None:
+        typer.echo(f"wrote {out}/interval_*.png, date_of_change.png, overlay.png, result.json")
 
 
 #: what ``detect`` over many pairs writes beside the pair folders
@@ -648,9 +730,10 @@ def _detect_many(model, processor, model_path, pairs, out: Path, min_area, decod
 def ask(
     args: list[str] = typer.Argument(
         ...,
-        help='[MODEL] BEFORE AFTER "QUESTION", or [MODEL] FOLDER / MANIFEST "QUESTION" '
-        "(MODEL defaults to 'default').",
+        help='[MODEL] BEFORE AFTER "QUESTION", or [MODEL] FOLDER / MANIFEST "QUESTION", or [MODEL] IMAGE1 '
+        "IMAGE2 IMAGE3 ... \"QUESTION\" (3 or more dates of one place) (MODEL defaults to 'default').",
     ),
+    dates: str | None = _dates_option(),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -674,6 +757,12 @@ def ask(
     For a FOLDER (A/, B/) or MANIFEST (.csv / .jsonl of before, after and optionally id) the one question
     is asked of every pair, --batch-size pairs per forward pass; --out ANSWERS.jsonl gets one row per pair
     (answer.json's content and the pair's id), else each pair's answer is printed.
+
+    Three or more images of one place (sorted as `detect` sorts them) take questions about time: "when
+    did the scene first change?", "when were buildings built?", "when was the last change?", "how many
+    times did it change?", "did anything change between 2016 and 2019?". They are answered from the
+    interval masks (the answer cites its intervals); any other question is asked of the first and the last
+    date as a pair. --out DIR writes the stack's maps (as `detect`) and answer.json.
     """
     from changescope.fileio import check_output_dir
     from changescope.tasks.inference import load
@@ -681,13 +770,17 @@ def ask(
     from changescope.tasks.vqa import ask_pair, check_question, write_answer
 
     usage = 'give BEFORE AFTER "QUESTION" or a FOLDER / MANIFEST and "QUESTION", optionally after MODEL'
-    if len(args) not in (2, 3, 4):
+    if len(args) < 2:
         raise typer.BadParameter(usage)
     _check_precision(precision)
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}")
     question = check_question(args[-1])
     model_spec, inputs = _split_model_arg(args[:-1])
+    _no_dates_for_pairs(dates, inputs)
+    if len(inputs) >= 3:
+        _ask_stack(model_spec, inputs, dates, question, out, min_area, as_json, overwrite, precision)
+        return
     if len(inputs) == 1:
         pairs = _many_pairs(Path(inputs[0]), usage)
         _output_file(out, "--out")
@@ -768,14 +861,55 @@ def _ask_many(model, processor, model_path, pairs, question, out, min_area, batc
         typer.echo("\t".join(fields))
 
 
+def _ask_stack(model_spec, inputs, dates, question, out, min_area, as_json, overwrite, precision) -> None:
+    """A question about a stack: temporal ones from the interval masks (``tasks.temporal_qa``), any other
+    of the first and last dates as a pair (``tasks.vqa.ask_pair``)."""
+    from changescope.fileio import check_output_dir
+    from changescope.tasks.inference import load
+    from changescope.tasks.sequence import detect_sequence, sequence_result, write_sequence
+    from changescope.tasks.temporal_qa import answer_temporal
+    from changescope.tasks.vqa import ask_pair
+
+    files, labels = _stack_inputs(inputs, dates)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    _check_model(model_spec)
+    model, processor, model_path = load(model_spec, precision)
+    change = detect_sequence(model, processor, files, labels, min_area)
+    found = answer_temporal(question, change, labels, model.sequence_classes)
+    if found is None:  # not about time: the first and the last date as a pair
+        pair = ask_pair(model, processor, files[0], files[-1], question, min_area).result
+        found = {**pair, "source": f"the pair {labels[0]} -> {labels[-1]}"}
+    else:
+        found["dates"] = [f"{labels[i]} -> {labels[i + 1]}" for i in found["intervals"]]
+    result = {"question": question, **found, "files": [str(f) for f in files], "model": str(model_path)}
+    if out is not None:
+        stack = sequence_result(change, labels)
+        write_sequence(change, {**result, "stack": stack}, out, overwrite, "answer.json")
+    if as_json:
+        _echo_json(result)
+        return
+    cited = f" (intervals {', '.join(found['dates'])})" if found.get("dates") else ""
+    typer.echo(f"{found.get('answer')}{cited}; from {found['source']}")
+
+
 @app.command()
 def scene(
-    before: Path = typer.Argument(
-        ..., help="Date A: a GeoTIFF (any size, CRS, dtype, bands) or a PNG / JPEG."
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="Two dates A B, or three or more dates of one place oldest first: GeoTIFFs (any size, CRS, "
+        "dtype, bands) or PNG / JPEG; every later date is resampled onto the first one's grid.",
     ),
-    after: Path = typer.Argument(..., help="Date B: resampled onto A's grid when the grids differ."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     model: str = typer.Option("default", "--model", help="Model directory with a change-mask head."),
+    dates: str | None = typer.Option(
+        None,
+        "--dates",
+        help="One date per file, comma-separated, increasing (YYYY-MM-DD, YYYYMMDD or YYYY, e.g. "
+        "2016-05-01,2018,2021); default for 3+ files: each file's metadata (ACQUISITIONDATETIME, "
+        "DATE_ACQUIRED, TIFFTAG_DATETIME), else a date in its name.",
+    ),
     bands: str | None = typer.Option(
         None,
         "--bands",
@@ -783,20 +917,27 @@ def scene(
         "colour interpretation, else 1,2,3.",
     ),
     bands_b: str | None = typer.Option(
-        None, "--bands-b", help="B's own R,G,B band indices when they differ from A's (default: as A)."
+        None,
+        "--bands-b",
+        help="B's own R,G,B band indices (every later date's, in a stack) when they differ from A's "
+        "(default: as A).",
     ),
     stretch: str = typer.Option(
         "auto",
         "--stretch",
-        help="How values become 8-bit: auto (16-bit / float: 2nd-98th percentile of both dates; 8-bit: as "
+        help="How values become 8-bit: auto (16-bit / float: 2nd-98th percentile of all dates; 8-bit: as "
         "is unless dark or low in contrast), none (8-bit as is), percentile (always stretch).",
     ),
     tile: int = typer.Option(256, "--tile", help="Tile size in pixels."),
     overlap: int = typer.Option(32, "--overlap", help="Overlap of neighbouring tiles in pixels."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tiles per forward pass."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", min=1, help="Tiles per forward pass (in a stack, a tile counts once per interval)."
+    ),
     vector_format: str = typer.Option("geojson", "--vector-format", help="geojson or gpkg."),
     min_area: int = typer.Option(MIN_AREA, "--min-area", min=0, help="Report polygons of at least N pixels."),
-    max_captions: int = typer.Option(50, "--max-captions", min=0, help="Caption the N largest regions."),
+    max_captions: int = typer.Option(
+        50, "--max-captions", min=0, help="Caption the N largest regions (of each interval, in a stack)."
+    ),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam size of the region captions."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
     gsd: float | None = typer.Option(
@@ -806,20 +947,25 @@ def scene(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
     precision: str | None = _precision_option(),
 ) -> None:
-    """Map what changed between two co-registered scenes of any size.
+    """Map what changed between two co-registered scenes of any size, or when it changed over 3+ dates.
 
     Writes OUT/changes.tif (change classes on A's grid, nodata 255 outside the overlap), OUT/changes.geojson
     (polygons with class, area in m2, centroid and a caption; --vector-format gpkg for a GeoPackage),
     OUT/summary.json and OUT/report.html; a non-empty OUT needs --overwrite (then it is replaced whole).
     16-bit and float data, and dark or low-contrast 8-bit data, are stretched to 8 bits by one rule for
-    both dates: the 2nd to 98th percentile per band of decimated samples of both scenes. Without --bands,
+    all dates: the 2nd to 98th percentile per band of decimated samples of every scene. Without --bands,
     R, G, B come from the band descriptions (red / B04 / SR_B4 ...) or colour interpretation when present.
     summary.json says which bands, which stretch and which area method were used, and why.
+
+    Three or more dates (a stack, oldest first; dates from --dates, the files' metadata or their names):
+    changes.tif has one band per interval (date i -> date i + 1), OUT/date_of_change.tif holds the first
+    interval that changed at each pixel (0: none), every polygon names its interval and dates, and the
+    report has a timeline.
     """
     from changescope.errors import require_all
 
     require_all(("rasterio", "shapely", "pyproj", "pyogrio"), "geo", "changescope scene")
-    from changescope.tasks.scene import SceneOptions, parse_bands, run_scene
+    from changescope.tasks.scene import SceneOptions, parse_bands, run_scene, run_scene_stack
 
     options = SceneOptions(
         bands=parse_bands(bands, "--bands"),
@@ -838,6 +984,7 @@ def scene(
     )
     from changescope.errors import ChangescopeError as _Error
     from changescope.fileio import check_output_dir
+    from changescope.geo.dates import split_dates
 
     _positive(gsd, "--gsd")
     _check_precision(precision)
@@ -846,14 +993,27 @@ def scene(
         options.validate()
     except _Error as err:  # the options' own wording, as a usage error
         raise typer.BadParameter(str(err)) from None
-    _input_file(before, "scene")
-    _input_file(after, "scene")
+    if len(inputs) < 2:
+        raise typer.BadParameter(f"give 2 or more files (A B [C ...], oldest first), not {len(inputs)}")
+    for path in inputs:
+        _input_file(path, "scene")
     check_output_dir(out, overwrite)
     _check_model(model)
-    summary = run_scene(before, after, out, model, options, progress=not as_json, overwrite=overwrite)
+    given = split_dates(dates) if dates is not None else None
+    run = {"options": options, "progress": not as_json, "overwrite": overwrite}
+    if len(inputs) == 2:
+        summary = run_scene(*inputs, out, model, dates=given, **run)
+    else:
+        summary = run_scene_stack(inputs, out, model, dates=given, **run)
     if as_json:
         _echo_json(summary)
-        return
+    elif len(inputs) == 2:
+        _print_scene(summary, out)
+    else:
+        _print_scene_stack(summary, out)
+
+
+def _print_scene(summary: dict, out: Path) -> None:
     unit = "m2" if summary["georeferenced"] else "px"
     for name, row in summary["classes"].items():
         if row["regions"]:
@@ -862,6 +1022,21 @@ def scene(
     typer.echo(
         f"{summary['regions_total']} changed regions, {summary['regions_captioned']} captioned; "
         f"wrote {', '.join(summary['outputs'])} to {out} ({summary['seconds']:.1f} s)"
+    )
+
+
+def _print_scene_stack(summary: dict, out: Path) -> None:
+    """One line per interval: its dates, regions and changed area (pixels where areas are not known)."""
+    for row in summary["intervals"]:
+        area, unit = row["changed_area_m2"], "m2"
+        if area is None:
+            area, unit = row["changed_pixels"], "px"
+        dates = f"{row['date_from']} -> {row['date_to']}"
+        typer.echo(f"{row['interval']:>3}  {dates:<25}{row['regions_total']:>6} regions {area:>14.1f} {unit}")
+    typer.echo(
+        f"{summary['regions_total']} changed regions over {len(summary['intervals'])} intervals, "
+        f"{summary['regions_captioned']} captioned; wrote {', '.join(summary['outputs'])} to {out} "
+        f"({summary['seconds']:.1f} s)"
     )
 
 
@@ -1271,19 +1446,37 @@ def chat(
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
-    """``[MODEL] inputs``: with three paths the first is MODEL; with two, it is MODEL only when it is
-    'default' or holds a saved model (then the second is a folder of pairs)."""
-    if len(paths) == 3:
-        return paths[0], paths[1:]
+    """``[MODEL] inputs``: the first path is MODEL when it is 'default' or holds a saved model; with three
+    paths it is also MODEL when it is not a file (MODEL BEFORE AFTER, so a wrong model path is reported as
+    a model). Otherwise every path is an input: two images, a folder of pairs, or a stack of 3+ dates."""
     first = Path(paths[0])
     is_model = (
         paths[0] == "default"
         or (first / "config.json").is_file()
         or (first / "model" / "config.json").is_file()
     )
-    if is_model and len(paths) == 2:
+    if is_model and len(paths) >= 2:
+        return paths[0], paths[1:]
+    if len(paths) == 3 and not first.is_file():
         return paths[0], paths[1:]
     return "default", paths
+
+
+def _stack_inputs(inputs: list[str], dates: str | None) -> tuple[list[Path], list[str]]:
+    """3+ images of one place -> (the files oldest first, a label per date): sorted by ``--dates`` or
+    by the dates in the files' metadata or names (``geo.dates.image_dates``), else kept in the given order
+    and labelled date 1, date 2, ..."""
+    from changescope.geo.dates import image_dates, split_dates
+
+    paths = [_input_file(Path(p), "image") for p in inputs]
+    order, found = image_dates(paths, split_dates(dates) if dates is not None else None)
+    labels = [d.text for d in found] if found else [f"date {t + 1}" for t in range(len(paths))]
+    return [paths[i] for i in order], labels
+
+
+def _no_dates_for_pairs(dates: str | None, inputs: list[str]) -> None:
+    if dates is not None and len(inputs) < 3:
+        raise typer.BadParameter("--dates orders 3 or more images; a pair is BEFORE AFTER")
 
 
 def _check_decoding(beam: int, batch_size: int, length_penalty: float = 1.0) -> None:

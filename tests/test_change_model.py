@@ -55,7 +55,8 @@ def test_mask_only_model_has_no_decoder_and_says_so():
     assert model.decoder is None and model.tasks == ("mask",)
     with pytest.raises(ChangescopeError, match="has no caption decoder"):
         model.generate(torch.rand(1, 2, 3, 64, 64))
-    with pytest.raises(ValueError, match="caption vocabulary, mask classes, answers, grounding, retrieval or a temporal head"):
+    needs = "caption vocabulary, mask classes, answers, grounding, retrieval or a temporal head"
+    with pytest.raises(ValueError, match=needs):
         ChangeModel(build_config("chg2cap", 0, **TINY))
 
 

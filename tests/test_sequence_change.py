@@ -1,4 +1,5 @@
-"""Three or more dates with the shipped pair model: per-interval masks, first-change map, dated caption."""
+"""Three or more dates with the shipped model: per-interval masks, first-change map, dated caption; read by
+its temporal head, and by its pair heads alone (``baseline=True``, the baseline of issue 17)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ def _changed_sequence(dates: int):
     raise AssertionError("no such sequence in 50")
 
 
-def test_the_pair_model_finds_when_and_where(default):
+@pytest.mark.parametrize("baseline", [False, True], ids=["temporal", "pairs"])
+def test_the_shipped_model_finds_when_and_where(default, baseline):
     seq = _changed_sequence(4)
-    found = detect_sequence(*default, list(seq.images), seq.dates)
+    found = detect_sequence(*default, list(seq.images), seq.dates, baseline=baseline)
+    assert found.method == ("pairs" if baseline else "temporal")
     assert found.interval_masks.shape == seq.interval_masks.shape and found.interval_masks.dtype == np.uint8
     changed = found.interval_masks != 0
     expected = np.where(changed.any(0), changed.argmax(0), -1)

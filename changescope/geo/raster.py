@@ -1,10 +1,12 @@
-"""Open two dates of a scene, put B on A's grid and read both through one radiometric stretch.
+"""Open the dates of a scene (two, or a stack of T), put every date on the first date's grid and read them
+all through one radiometric stretch.
 
 A scene is read window by window, never whole, so memory depends on the tile size and not on the scene.
-Date B is resampled onto date A's grid (CRS, transform, width, height) through a GDAL warped VRT whenever
-the grids differ, so every reader downstream sees two rasters with one grid and can index both with the same
-window. Both dates go through one :class:`StretchRule`, fitted on the two dates pooled: stretching each date
-on its own would turn a real brightness change into no change.
+Every later date is resampled onto the first date's grid (CRS, transform, width, height) through a GDAL
+warped VRT whenever the grids differ, so every reader downstream sees rasters with one grid and can index
+them all with the same window. All dates go through one :class:`StretchRule`, fitted on the dates pooled:
+stretching each date on its own would turn a real brightness change into no change. A pair (A, B) is the
+stack of two dates (:func:`aligned_pair` is :func:`aligned_stack` of two paths).
 
 Which bands are R, G, B (:func:`pick_bands`), unless given: the band descriptions when they name one red,
 one green and one blue band (``BAND_NAMES``: red / green / blue, Sentinel-2 B04 / B03 / B02, Landsat 8-9
@@ -18,6 +20,7 @@ format's own and counts. Landsat 4-7 number their bands differently (red is band
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -260,18 +263,23 @@ def _georeferenced(path: Path, dataset: Any) -> bool:
     return False
 
 
-def open_scene(path: str | Path, bands: Sequence[int] | None = None) -> Scene:
-    """Open any raster rasterio reads and pick its (R, G, B) bands (1-based; None: from the band
-    descriptions or colour interpretation, else 1, 2, 3; see the module docstring)."""
+def open_dataset(path: str | Path) -> Any:
+    """The rasterio dataset of any raster rasterio reads; a missing or unreadable file is one DataError."""
     rasterio = _rasterio()
     source, path = path, Path(path)  # open the caller's spelling: Path() would fold "s3://" into "s3:/"
     if _is_local(source) and not path.exists():
         raise DataError(path, "does not exist")
     with _quiet():
         try:
-            dataset = rasterio.open(source)
+            return rasterio.open(source)
         except rasterio.errors.RasterioIOError as err:
             raise DataError(path, f"cannot be read as a raster ({_one_line(err)})") from err
+
+
+def open_scene(path: str | Path, bands: Sequence[int] | None = None) -> Scene:
+    """Open any raster rasterio reads and pick its (R, G, B) bands (1-based; None: from the band
+    descriptions or colour interpretation, else 1, 2, 3; see the module docstring)."""
+    dataset, path = open_dataset(path), Path(path)
     try:
         picked, source = pick_bands(path, dataset, bands)
         return Scene(path, dataset, picked, georeferenced=_georeferenced(path, dataset), band_source=source)
@@ -291,30 +299,32 @@ def _ordinal(value: float) -> str:
 
 @dataclass
 class StretchRule:
-    """One linear stretch for both dates: band i's value v -> ``clip((v - low[i]) / (high[i] - low[i]))``.
+    """One linear stretch for every date: band i's value v -> ``clip((v - low[i]) / (high[i] - low[i]))``.
 
-    :meth:`fit` pools a decimated sample of both dates' valid pixels per band (nodata, masked and
-    non-finite pixels ignored) and takes its ``percentiles`` (2nd and 98th): one rule for both dates, so a
-    pixel that got brighter between the dates still reads brighter after the stretch. 8-bit data that
+    :meth:`fit` pools a decimated sample of all dates' valid pixels per band (nodata, masked and
+    non-finite pixels ignored) and takes its ``percentiles`` (2nd and 98th): one rule for all dates, so a
+    pixel that got brighter between two dates still reads brighter after the stretch. 8-bit data that
     already spreads over the range is display-ready and is not stretched (mode "auto"): the rule is then
     the identity (low 0, high 255), which is also what the model saw of such data in training; dark or
     low-contrast 8-bit data (``LOW_CONTRAST_SPREAD``) gets the percentile stretch like 16-bit and float
     data. ``reason`` says in one line which rule was applied and why. A band with high == low maps to 0.
+    ``dates`` is how many dates were pooled (for :attr:`description`).
     """
 
     low: np.ndarray
     high: np.ndarray
     percentiles: tuple[float, float] = (2, 98)
     reason: str = ""
+    dates: int = 2
 
     def __post_init__(self) -> None:
         self.low = np.asarray(self.low, np.float64).reshape(-1)
         self.high = np.asarray(self.high, np.float64).reshape(-1)
 
     @classmethod
-    def identity(cls, reason: str = "8-bit data") -> StretchRule:
+    def identity(cls, reason: str = "8-bit data", dates: int = 2) -> StretchRule:
         """The rule for 8-bit data: 0..255 -> 0..1 unchanged (``percentiles`` keep their default)."""
-        return cls(np.zeros(3), np.full(3, 255.0), reason=reason)
+        return cls(np.zeros(3), np.full(3, 255.0), reason=reason, dates=dates)
 
     @property
     def is_identity(self) -> bool:
@@ -327,15 +337,16 @@ class StretchRule:
         if self.is_identity:
             return "identity (8-bit values as they are)"
         low, high = (_ordinal(p) for p in self.percentiles)
+        dates = "both dates" if self.dates == 2 else f"all {self.dates} dates"
         return (
             f"linear from the {low} to the {high} percentile per band, pooled over decimated samples of "
-            "both dates, clipped to 0..255"
+            f"{dates}, clipped to 0..255"
         )
 
     @staticmethod
-    def _pooled(scene_a: Scene, scene_b: Scene, sample: int, percentiles: tuple[float, float]):
+    def _pooled(scenes: Sequence[Scene], sample: int, percentiles: tuple[float, float]):
         samples = []
-        for scene in (scene_a, scene_b):
+        for scene in scenes:
             values = scene.sample(sample)
             if values.shape[1] == 0:
                 raise DataError(scene.path, f"has no valid pixels in bands {scene.bands} (all nodata?)")
@@ -345,18 +356,19 @@ class StretchRule:
     @classmethod
     def fit(
         cls,
-        scene_a: Scene,
-        scene_b: Scene,
+        *scenes: Scene,
         sample: int = 1024,
         percentiles: tuple[float, float] = (2, 98),
         mode: str = "auto",
     ) -> StretchRule:
-        """The rule for a pair. ``mode`` (``STRETCH_MODES``): "auto" stretches 16-bit and float data, and
-        8-bit data only when its widest band's pooled percentile spread is under ``LOW_CONTRAST_SPREAD``;
-        "percentile" always stretches; "none" keeps 8-bit values as they are (other data: DataError)."""
+        """The rule for two or more dates. ``mode`` (``STRETCH_MODES``): "auto" stretches 16-bit and float
+        data, and 8-bit data only when its widest band's pooled percentile spread is under
+        ``LOW_CONTRAST_SPREAD``; "percentile" always stretches; "none" keeps 8-bit values as they are (other
+        data: DataError)."""
         if mode not in STRETCH_MODES:
             raise ValueError(f"stretch mode must be one of {', '.join(STRETCH_MODES)}, got {mode!r}")
-        wide = [s for s in (scene_a, scene_b) if s.dtype != np.uint8]
+        dates = len(scenes)
+        wide = [s for s in scenes if s.dtype != np.uint8]
         if mode == "none":
             if wide:
                 raise DataError(
@@ -364,22 +376,22 @@ class StretchRule:
                     f"is {wide[0].dtype}: --stretch none keeps values as they are and needs 8-bit data; "
                     "use --stretch auto or percentile",
                 )
-            return cls.identity("stretch 'none' asked for: 8-bit values as they are")
-        low, high = cls._pooled(scene_a, scene_b, sample, percentiles)
+            return cls.identity("stretch 'none' asked for: 8-bit values as they are", dates)
+        low, high = cls._pooled(scenes, sample, percentiles)
         pct = f"{_ordinal(percentiles[0])}-{_ordinal(percentiles[1])} percentile"
         if mode == "percentile":
-            return cls(low, high, tuple(percentiles), "stretch 'percentile' asked for")
+            return cls(low, high, tuple(percentiles), "stretch 'percentile' asked for", dates)
         if wide:
             kinds = " and ".join(sorted({str(s.dtype) for s in wide}))
-            return cls(low, high, tuple(percentiles), f"{kinds} data is always stretched to 8 bits")
+            return cls(low, high, tuple(percentiles), f"{kinds} data is always stretched to 8 bits", dates)
         spread = float((high - low).max())
         levels = f"the widest band's pooled {pct} spread is {spread:.0f} of 255 levels"
         if spread >= LOW_CONTRAST_SPREAD:
             return cls.identity(
-                f"8-bit data already using the range: {levels} (>= {LOW_CONTRAST_SPREAD:.0f})"
+                f"8-bit data already using the range: {levels} (>= {LOW_CONTRAST_SPREAD:.0f})", dates
             )
         reason = f"8-bit data is dark or low in contrast: {levels} (< {LOW_CONTRAST_SPREAD:.0f})"
-        return cls(low, high, tuple(percentiles), reason)
+        return cls(low, high, tuple(percentiles), reason, dates)
 
     def _broadcast(self) -> tuple[np.ndarray, np.ndarray]:
         shape = (3, 1, 1)  # band axis -3: broadcasts over [3, h, w] and [n, 3, h, w]
@@ -396,43 +408,67 @@ class StretchRule:
         return np.rint(self.scale(array) * 255.0).astype(np.uint8)
 
 
-class AlignedPair:
-    """Dates A and B on A's grid, and the window of that grid where both hold data.
+class AlignedStack:
+    """Dates 1..T on the first date's grid, and the window of that grid where all of them hold data.
 
-    ``a`` and ``b`` are :class:`Scene` readers sharing ``crs``, ``transform``, ``width`` and ``height`` (B
-    through a bilinear warped VRT when its grid differed). ``window`` is the overlap of the two footprints in
-    A's pixels, from B's bounds transformed into A's CRS: it can include a rim of pixels that B does not
-    cover when B's footprint is not axis-aligned in A's CRS; :meth:`read` marks those invalid.
+    ``scenes`` are :class:`Scene` readers, oldest first, sharing ``crs``, ``transform``, ``width`` and
+    ``height`` (a later date through a bilinear warped VRT when its grid differed). ``window`` is the overlap
+    of all footprints in the first date's pixels, from each later date's bounds transformed into the first
+    date's CRS: it can include a rim of pixels that a date does not cover when its footprint is not
+    axis-aligned in that CRS; :meth:`read` marks those invalid.
     """
 
-    def __init__(self, a: Scene, b: Scene, rule: StretchRule, window: Window):
-        self.a, self.b, self.rule, self.window = a, b, rule, window
-        self.crs, self.transform = a.crs, a.transform
-        self.width, self.height = a.width, a.height
-        self.georeferenced = a.georeferenced
+    def __init__(self, scenes: Sequence[Scene], rule: StretchRule, window: Window, owns: bool = True):
+        self.scenes = tuple(scenes)
+        self.rule, self.window = rule, window
+        first = self.scenes[0]
+        self.crs, self.transform = first.crs, first.transform
+        self.width, self.height = first.width, first.height
+        self.georeferenced = first.georeferenced
+        self._owns = owns
 
-    def __enter__(self) -> AlignedPair:
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __enter__(self) -> AlignedStack:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        self.b.close()
-        self.a.close()
+        if self._owns:
+            for scene in reversed(self.scenes):
+                scene.close()
 
     def read(self, window: Window, boundless: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-        """``(image float32 [2, 3, h, w] in [0, 1], valid bool [h, w])``: both dates, stretched.
+        """``(image float32 [T, 3, h, w] in [0, 1], valid bool [h, w])``: every date, stretched.
 
-        A pixel is valid when both dates hold data there; invalid pixels (nodata in either date, or outside
-        the raster) are 0 in both dates.
+        A pixel is valid when every date holds data there; invalid pixels (nodata in any date, or outside
+        the raster) are 0 in all dates.
         """
-        values_a, valid_a = self.a.read(window, boundless)
-        values_b, valid_b = self.b.read(window, boundless)
-        valid = valid_a & valid_b
-        image = np.stack([self.rule.scale(values_a), self.rule.scale(values_b)])
+        reads = [scene.read(window, boundless) for scene in self.scenes]
+        valid = np.logical_and.reduce([ok for _, ok in reads])
+        image = np.stack([self.rule.scale(values) for values, _ in reads])
         image[:, :, ~valid] = 0.0
         return torch.from_numpy(image), valid
+
+    def interval(self, index: int) -> AlignedPair:
+        """Dates ``index`` and ``index + 1`` (0-based) as a pair on the same files, grid, stretch and window;
+        closing it closes nothing (the stack owns the files)."""
+        return AlignedPair(self.scenes[index : index + 2], self.rule, self.window, owns=False)
+
+
+class AlignedPair(AlignedStack):
+    """Dates A and B on A's grid: the stack of two dates, whose scenes are also ``a`` and ``b``."""
+
+    @property
+    def a(self) -> Scene:
+        return self.scenes[0]
+
+    @property
+    def b(self) -> Scene:
+        return self.scenes[1]
 
 
 def _same_grid(a: Scene, b: Scene) -> bool:
@@ -530,6 +566,72 @@ def _check_plain_pair(a: Scene, b: Scene) -> None:
         )
 
 
+def _check_georeference(first: Scene, later: Scene) -> None:
+    if first.georeferenced != later.georeferenced:
+        has, lacks = (first, later) if first.georeferenced else (later, first)
+        problem = f"has no georeference but {has.path.name} has; give only georeferenced rasters or images"
+        raise DataError(lacks.path, problem)
+
+
+def _common_window(scenes: Sequence[Scene]) -> Window:
+    """The window of the first date's grid where every date holds data (all of it without georeference)."""
+    windows = require("rasterio.windows", _EXTRA, _FEATURE)
+    first = scenes[0]
+    col0, row0, col1, row1 = 0, 0, first.width, first.height
+    for index, scene in enumerate(scenes[1:], start=1):
+        if not first.georeferenced:
+            _check_plain_pair(first, scene)
+            continue
+        overlap = _overlap_window(first, scene)
+        col0, row0 = max(col0, int(overlap.col_off)), max(row0, int(overlap.row_off))
+        col1 = min(col1, int(overlap.col_off + overlap.width))
+        row1 = min(row1, int(overlap.row_off + overlap.height))
+        if col1 <= col0 or row1 <= row0:  # each date overlaps the first, but not all of them at once
+            names = ", ".join(s.path.name for s in scenes[:index])
+            raise DataError(scene.path, f"does not overlap the area that {names} have in common")
+    return windows.Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def aligned_stack(
+    paths: Sequence[str | Path],
+    bands: Sequence[int] | None = None,
+    *,
+    bands_b: Sequence[int] | None = None,
+    sample: int = 1024,
+    stretch: str = "auto",
+) -> AlignedStack:
+    """Open two or more dates (oldest first), check they overlap, put every later date on the first date's
+    grid and fit one stretch for all of them.
+
+    ``bands`` (1-based R, G, B) apply to every date unless ``bands_b`` gives the later dates' own; a date
+    without either gets its R, G, B from its band labels (module docstring), and
+    :func:`check_band_meanings` stops a stack in which two dates' bands cannot be matched. ``stretch`` is a
+    ``StretchRule.fit`` mode. Rasters without georeference are taken as pixel grids and must all have the
+    same size. Close the result (context manager).
+    """
+    if len(paths) < 2:
+        raise DataError(None, f"a scene needs at least 2 dates, got {len(paths)}")
+    scenes: list[Scene] = []
+    try:
+        for index, path in enumerate(paths):
+            scenes.append(open_scene(path, bands if index == 0 or bands_b is None else bands_b))
+        for earlier, later in itertools.combinations(scenes, 2):
+            check_band_meanings(earlier, later)
+        first = scenes[0]
+        for later in scenes[1:]:
+            _check_georeference(first, later)
+        window = _common_window(scenes)
+        rule = StretchRule.fit(*scenes, sample=sample, mode=stretch)
+        if first.georeferenced:
+            for index in range(1, len(scenes)):  # in place: a failure below closes what was made so far
+                scenes[index] = _on_grid(first, scenes[index])
+    except BaseException:
+        for scene in reversed(scenes):
+            scene.close()
+        raise
+    return AlignedStack(scenes, rule, window)
+
+
 def aligned_pair(
     path_a: str | Path,
     path_b: str | Path,
@@ -539,40 +641,9 @@ def aligned_pair(
     sample: int = 1024,
     stretch: str = "auto",
 ) -> AlignedPair:
-    """Open A and B, check they overlap, put B on A's grid and fit one stretch for both.
-
-    ``bands`` (1-based R, G, B) apply to both dates unless ``bands_b`` gives B's own; a date without
-    either gets its R, G, B from its band labels (module docstring), and :func:`check_band_meanings` stops
-    a pair whose dates' bands cannot be matched. ``stretch`` is a ``StretchRule.fit`` mode. Two rasters
-    without georeference are taken as pixel grids and must have the same size. Close the result (context
-    manager).
-    """
-    scene_a = open_scene(path_a, bands)
-    try:
-        scene_b = open_scene(path_b, bands if bands_b is None else bands_b)
-    except BaseException:
-        scene_a.close()
-        raise
-    try:
-        check_band_meanings(scene_a, scene_b)
-        if scene_a.georeferenced != scene_b.georeferenced:
-            has, lacks = (scene_a, scene_b) if scene_a.georeferenced else (scene_b, scene_a)
-            problem = (
-                f"has no georeference but {has.path.name} has; give two georeferenced rasters or two images"
-            )
-            raise DataError(lacks.path, problem)
-        if scene_a.georeferenced:
-            window = _overlap_window(scene_a, scene_b)
-        else:
-            _check_plain_pair(scene_a, scene_b)
-            window = require("rasterio.windows", _EXTRA, _FEATURE).Window(0, 0, scene_a.width, scene_a.height)
-        rule = StretchRule.fit(scene_a, scene_b, sample, mode=stretch)
-        b_on_a = _on_grid(scene_a, scene_b) if scene_a.georeferenced else scene_b
-    except BaseException:
-        scene_b.close()
-        scene_a.close()
-        raise
-    return AlignedPair(scene_a, b_on_a, rule, window)
+    """:func:`aligned_stack` of two dates: A and B, with B on A's grid (``bands_b``: B's own bands)."""
+    stack = aligned_stack([path_a, path_b], bands, bands_b=bands_b, sample=sample, stretch=stretch)
+    return AlignedPair(stack.scenes, stack.rule, stack.window)
 
 
 def pixel_size_m(crs, transform, width: int, height: int) -> float | None:

@@ -231,7 +231,7 @@ def _world(geometry: Any, transform: Any) -> Any:
     return affinity.affine_transform(geometry, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
-def _read_class_map(path: Path) -> tuple[np.ndarray, Any, Any, Any]:
+def _read_class_map(path: Path, band: int = 1) -> tuple[np.ndarray, Any, Any, Any]:
     rasterio = require("rasterio", _EXTRA, _FEATURE)
     if not path.exists():
         raise DataError(path, "does not exist")
@@ -239,7 +239,7 @@ def _read_class_map(path: Path) -> tuple[np.ndarray, Any, Any, Any]:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         try:
             with rasterio.open(path) as dataset:
-                return dataset.read(1), dataset.nodata, dataset.crs, dataset.transform
+                return dataset.read(band), dataset.nodata, dataset.crs, dataset.transform
         except rasterio.errors.RasterioIOError as err:
             raise DataError(path, f"cannot be read as a raster ({' '.join(str(err).split())})") from err
 
@@ -267,8 +267,9 @@ def _feature(
     }
 
 
-def polygonize(path: str | Path, classes: Sequence[str], min_area_px: int = 1) -> list[dict]:
-    """Polygons (8-connected) of every class other than 0 and nodata in a class-map GeoTIFF.
+def polygonize(path: str | Path, classes: Sequence[str], min_area_px: int = 1, band: int = 1) -> list[dict]:
+    """Polygons (8-connected) of every class other than 0 and nodata in a class-map GeoTIFF (its ``band``:
+    a stack's ``changes.tif`` has one band per interval).
 
     Each feature: ``geometry`` (shapely, in the raster's CRS; pixel (column, row) coordinates without
     georeference), ``class_id``, ``class_name`` (``classes[class_id]``), ``pixels``, ``area_m2`` (None
@@ -282,7 +283,7 @@ def polygonize(path: str | Path, classes: Sequence[str], min_area_px: int = 1) -
     is far less than the float accumulators the tiling avoided, and GDAL's polygonizer needs the raster.
     """
     path = Path(path)
-    data, nodata, crs, transform = _read_class_map(path)
+    data, nodata, crs, transform = _read_class_map(path, band)
     features_mod = require("rasterio.features", _EXTRA, _FEATURE)
     mask = data != 0
     if nodata is not None:

@@ -341,7 +341,8 @@ class ChangeModel(nn.Module):
 
     @property
     def sequence_classes(self) -> list[str]:
-        """The class names of :meth:`sequence`'s ``mask_logits``: the mask head's, else background / change."""
+        """The class names of :meth:`sequence`'s ``mask_logits``: the mask head's, else background and
+        change."""
         return list(self.config.classes) or ["background", "change"]
 
     # -- questions and grounding queries --------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Scenes: two rasters of any size -> a change-class GeoTIFF, polygons with captions, a summary, a report.
+"""Scenes: two rasters of any size -> a change-class GeoTIFF, polygons with captions, a summary, a report;
+a stack of T >= 3 dates -> the same per interval, and when each pixel first changed.
 
-The pipeline (DESIGN.md section 8): open A and B, put B on A's grid and fit one stretch rule for both
-(``geo.raster.aligned_pair``); predict class probabilities tile by tile over the overlap and blend them into
-``changes.tif`` with memory flat in scene size (``geo.tiling.run_tiles``); polygonize it
-(``geo.vectors.polygonize``); caption the largest regions, each from a window around it; write
-``changes.geojson`` (or ``.gpkg``), ``summary.json`` and ``report.html``.
+The pipeline (DESIGN.md section 8): open the dates, put every later date on the first date's grid and fit
+one stretch rule for all of them (``geo.raster.aligned_stack``; a pair is the stack of two); predict class
+probabilities of every interval (date t -> t + 1) tile by tile over the common overlap
+(``tasks.sequence.interval_probabilities``) and blend them into ``changes.tif``, one band per interval, with
+memory flat in scene size (``geo.tiling.run_tiles``); polygonize it (``geo.vectors.polygonize``); caption
+the largest regions, each from a window around it in its interval's two dates; write ``changes.geojson``
+(or ``.gpkg``), ``summary.json`` and ``report.html``. A stack also gets ``date_of_change.tif`` (the first
+interval with change per pixel, ``geo.tiling.write_first_change``), dates per file (``geo.dates``), the
+interval of every polygon and a timeline in the report.
 
 Every output is written into a temporary folder beside ``OUT`` that becomes ``OUT`` only when the run
 succeeds (``fileio.output_dir``): a run interrupted at any point leaves ``OUT`` as it was, and an earlier
@@ -13,9 +18,12 @@ run's files never stay beside the new ones. A non-empty ``OUT`` needs ``overwrit
 
 from __future__ import annotations
 
+import functools
 import html
+import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,19 +44,21 @@ class SceneOptions:
     #: 1-based band indices read as R, G, B (None: from the band descriptions or colour interpretation,
     #: else 1, 2, 3; ``geo.raster`` module docstring)
     bands: tuple[int, ...] | None = None
-    #: B's own R, G, B band indices when they differ from A's (None: as ``bands``)
+    #: the R, G, B band indices of B (of every date after the first, in a stack) when they differ from A's
+    #: (None: as ``bands``)
     bands_b: tuple[int, ...] | None = None
     #: "auto" (16-bit / float: percentile stretch; 8-bit: as it is unless dark or low in contrast), "none"
     #: (8-bit values as they are) or "percentile" (always the pooled 2nd-98th percentile stretch)
     stretch: str = "auto"
     tile: int = 256
     overlap: int = 32
+    #: pairs of tiles per forward pass (a stack's tile counts once per interval)
     batch_size: int = 8
     #: "geojson" or "gpkg"
     vector_format: str = "geojson"
     #: polygons under this many pixels are not reported (they stay in changes.tif)
     min_area: int = MIN_AREA
-    #: the largest regions get a caption each (0: none)
+    #: the largest regions (of each interval, in a stack) get a caption each (0: none)
     max_captions: int = 50
     #: caption window = the region's box grown by this factor, at least one tile, square
     caption_context: float = 1.5
@@ -86,12 +96,21 @@ def parse_bands(text: str | None, option: str = "--bands") -> tuple[int, int, in
     return bands  # type: ignore[return-value]
 
 
-def _predictor(model, processor, device: torch.device):
-    """Tiles ``[N, 2, 3, t, t]`` -> class probabilities ``[N, K, t, t]`` (resized to and from the model)."""
+def _predictor(model, processor, batch_size: int):
+    """Tiles ``[N, T, 3, t, t]`` -> class probabilities ``[N, T - 1, K, t, t]`` of every interval (resized
+    to and from the model) by ``tasks.sequence.interval_probabilities``, one function for pairs and stacks.
+    At most ``batch_size`` pairs of dates go through one forward pass: a pass's activations, more than the
+    blending, set a scene's peak memory (a 512 px 3-date stack whose 8 tiles went through at once peaked
+    30 % above the pair), so the network costs a stack no more memory than a pair."""
+    from changescope.tasks.sequence import interval_probabilities
 
     def predict(images: torch.Tensor) -> torch.Tensor:
-        logits = model(processor.resize(images).to(device)).mask_logits
-        return processor.resize_logits(logits, images.shape[-2:]).softmax(dim=1).cpu()
+        step = max(1, batch_size // (images.shape[1] - 1))
+        parts = [
+            interval_probabilities(model, processor, images[i : i + step])
+            for i in range(0, len(images), step)
+        ]
+        return torch.cat(parts)
 
     return predict
 
@@ -158,21 +177,90 @@ def run_scene(
     options: SceneOptions | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    dates: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole scene pipeline; return the summary (also written to ``OUT/summary.json``).
+    """Run the whole scene pipeline on a pair; return the summary (also written to ``OUT/summary.json``).
 
     ``model`` is a model spec (directory, run directory, 'default') or an already loaded
     ``(model, processor, path)`` triple as ``tasks.inference.load`` returns (so a server or an agent that
-    holds the model does not load a second copy).
+    holds the model does not load a second copy). ``dates`` (optional, one per file, increasing) are
+    checked and recorded in the summary; a pair needs none.
     """
+    found = _stack_dates([a, b], dates) if dates is not None else None
+    finish = functools.partial(_pair_outputs, dates=found)
+    return _run([a, b], out, model, options, progress, overwrite, finish)
+
+
+def run_scene_stack(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    model: str | Path | tuple = "default",
+    options: SceneOptions | None = None,
+    dates: Sequence[str] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the scene pipeline on T >= 2 dates of one place, oldest first; return the summary (also written
+    to ``OUT/summary.json``).
+
+    Every date is put on the first date's grid; ``changes.tif`` holds one band per interval (date i ->
+    date i + 1), ``date_of_change.tif`` the first interval that changed at each pixel (0: none), and the
+    polygons, summary and report are per interval. ``dates`` are one per file (``YYYY-MM-DD``, ``YYYYMMDD``
+    or ``YYYY``); without them each file's date comes from its metadata or its name (``geo.dates``), and
+    they must increase from file to file. ``model`` as in :func:`run_scene`. Two paths give these outputs
+    for one interval (:func:`run_scene` gives a pair's).
+    """
+    paths = list(paths)
+    if len(paths) < 2:
+        raise ChangescopeError(f"a scene needs at least 2 dates, got {len(paths)} file(s)")
+    found = _stack_dates(paths, dates)
+    labels = _interval_labels(found)
+    finish = functools.partial(_stack_outputs, dates=found)
+    return _run(paths, out, model, options, progress, overwrite, finish, labels)
+
+
+def _stack_dates(paths: Sequence[str | Path], dates: Sequence[str] | None):
+    from changescope.errors import require
+
+    require("rasterio", "geo", "scenes")
+    from changescope.geo.dates import stack_dates
+
+    return stack_dates(paths, dates)
+
+
+@dataclass
+class _Run:
+    """A scene run once its class maps are written: what every output is made from."""
+
+    paths: list[str | Path]
+    stack: Any  # geo.raster.AlignedStack (an AlignedPair for two dates)
+    model: Any
+    processor: Any
+    model_path: Any
+    classes: list[str]
+    options: SceneOptions
+    folder: Path  # the temporary output folder
+    changes: Path
+    resolution: dict[str, Any]
+    start: float
+
+    def close_summary(self, summary: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
+        summary["resolution"] = self.resolution
+        summary["seconds"] = round(time.perf_counter() - self.start, 2)
+        summary["outputs"] = outputs
+        return summary
+
+
+def _run(paths, out, model, options, progress, overwrite, finish, labels=None) -> dict[str, Any]:
+    """The pipeline both scene kinds share: tiles -> ``changes.tif``, then ``finish(run)`` writes the rest
+    and returns the summary, written last as ``summary.json``."""
     from changescope.errors import require
     from changescope.fileio import check_output_dir, output_dir
     from changescope.tasks.inference import load
 
     rasterio = require("rasterio", "geo", "scenes")
-    from changescope.geo.raster import aligned_pair
+    from changescope.geo.raster import aligned_stack
     from changescope.geo.tiling import run_tiles
-    from changescope.geo.vectors import polygonize, write_vectors
 
     options = options or SceneOptions()
     options.validate()
@@ -182,40 +270,148 @@ def run_scene(
     # cap peak memory grows with the scene until that limit (measured: +355 MiB from 4096 to 8192 px)
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
-        aligned_pair(a, b, options.bands, bands_b=options.bands_b, stretch=options.stretch) as pair,
+        aligned_stack(paths, options.bands, bands_b=options.bands_b, stretch=options.stretch) as stack,
         output_dir(out, overwrite) as tmp,
     ):
         model, processor, model_path = model if isinstance(model, tuple) else load(model, options.precision)
         model.require("mask")
-        resolution = _resolution(model, pair, options)
-        device = torch.device(options.device)
-        model.to(device)
+        resolution = _resolution(model, stack, options)
+        model.to(torch.device(options.device))
         classes = list(model.config.classes)
         changes = tmp / "changes.tif"
         with _progress_bar(progress) as bar:
             run_tiles(
-                pair,
-                _predictor(model, processor, device),
+                stack,
+                _predictor(model, processor, options.batch_size),
                 changes,
                 len(classes),
                 resolution["tile_source_px"],
                 resolution["overlap_source_px"],
                 options.batch_size,
                 progress=bar,
+                **(labels or {}),
             )
-        features = polygonize(changes, classes, min_area_px=options.min_area)
-        with torch.inference_mode():
-            captions = caption_regions(model, processor, pair, features, options)
-        vectors = tmp / f"changes.{options.vector_format}"
-        extra = [{"caption": c or ""} for c in captions]
-        write_vectors(features, vectors, pair.crs, options.vector_format, extra_properties=extra)
-        summary = _summary(a, b, model_path, pair, features, captions, classes, options)
-        summary["resolution"] = resolution
-        summary["seconds"] = round(time.perf_counter() - start, 2)
-        summary["outputs"] = ["changes.tif", vectors.name, "report.html", "summary.json"]
-        write_scene_report(pair, changes, summary, classes, tmp / "report.html")
+        loaded = (model, processor, model_path)
+        summary = finish(_Run(list(paths), stack, *loaded, classes, options, tmp, changes, resolution, start))
         write_json_atomic(tmp / "summary.json", summary)
     return summary
+
+
+def _polygons(run: _Run, stack, band: int = 1) -> tuple[list[dict], list[str | None]]:
+    """The polygons of one band of ``changes.tif``, largest first, and the captions of the largest, each
+    from ``stack``'s dates (the pair, or the interval's two dates)."""
+    from changescope.geo.vectors import polygonize
+
+    features = polygonize(run.changes, run.classes, min_area_px=run.options.min_area, band=band)
+    with torch.inference_mode():
+        captions = caption_regions(run.model, run.processor, stack, features, run.options)
+    return features, captions
+
+
+def _write_polygons(run: _Run, features: list[dict], extra: list[dict]) -> str:
+    from changescope.geo.vectors import write_vectors
+
+    vectors = run.folder / f"changes.{run.options.vector_format}"
+    write_vectors(features, vectors, run.stack.crs, run.options.vector_format, extra_properties=extra)
+    return vectors.name
+
+
+def _pair_outputs(run: _Run, dates=None) -> dict[str, Any]:
+    features, captions = _polygons(run, run.stack)
+    vectors = _write_polygons(run, features, [{"caption": c or ""} for c in captions])
+    a, b = run.paths
+    summary = _summary(a, b, run.model_path, run.stack, features, captions, run.classes, run.options)
+    if dates is not None:
+        summary["dates"] = _dates_summary(run.paths, dates)
+    run.close_summary(summary, ["changes.tif", vectors, "report.html", "summary.json"])
+    write_scene_report(run.stack, run.changes, summary, run.classes, run.folder / "report.html")
+    return summary
+
+
+def _interval_names(dates) -> list[str]:
+    """ISO 8601 intervals, 'FROM/TO', one per interval."""
+    return [f"{earlier.text}/{later.text}" for earlier, later in itertools.pairwise(dates)]
+
+
+#: what the values of date_of_change.tif mean (its VALUES tag and summary.json)
+DATE_OF_CHANGE_VALUES = "0: no change; i: first change in interval i (date i -> date i + 1)"
+
+
+def _interval_labels(dates) -> dict[str, Any]:
+    """Band descriptions and tags of a stack's ``changes.tif``: what each band and interval is."""
+    names = _interval_names(dates)
+    tags = {"DATES": ",".join(d.text for d in dates)}
+    tags.update({f"INTERVAL_{i}": name for i, name in enumerate(names, start=1)})
+    return {"descriptions": [f"interval {i}: {name}" for i, name in enumerate(names, start=1)], "tags": tags}
+
+
+def _stack_outputs(run: _Run, dates) -> dict[str, Any]:
+    from changescope.geo.tiling import write_first_change
+
+    labels = _interval_labels(dates)
+    counts = write_first_change(
+        run.changes, run.folder / "date_of_change.tif", {**labels["tags"], "VALUES": DATE_OF_CHANGE_VALUES}
+    )
+    names = _interval_names(dates)
+    found = [_polygons(run, run.stack.interval(i), band=i + 1) for i in range(len(names))]
+    extra = [
+        {"interval": i + 1, "date_from": dates[i].text, "date_to": dates[i + 1].text, "caption": c or ""}
+        for i, (_, captions) in enumerate(found)
+        for c in captions
+    ]
+    vectors = _write_polygons(run, [f for features, _ in found for f in features], extra)
+    summary = _stack_summary(run, dates, found, counts)
+    outputs = ["changes.tif", "date_of_change.tif", vectors, "report.html", "summary.json"]
+    run.close_summary(summary, outputs)
+    write_stack_report(run, summary, run.folder / "report.html")
+    return summary
+
+
+def _dates_summary(paths, dates) -> list[dict[str, str]]:
+    return [{"file": str(p), "date": d.text, "source": d.source} for p, d in zip(paths, dates, strict=True)]
+
+
+def _stack_summary(run: _Run, dates, found, counts) -> dict[str, Any]:
+    from changescope.geo.tiling import first_change_format
+
+    intervals, regions = [], []
+    for i, (features, captions) in enumerate(found):
+        totals = class_totals(features, run.classes)
+        areas = [row["area_m2"] for row in totals.values()]
+        intervals.append(
+            {
+                "interval": i + 1,
+                "date_from": dates[i].text,
+                "date_to": dates[i + 1].text,
+                "file_from": str(run.paths[i]),
+                "file_to": str(run.paths[i + 1]),
+                "classes": totals,
+                "regions_total": len(features),
+                "regions_captioned": sum(c is not None for c in captions),
+                "changed_pixels": sum(row["pixels"] for row in totals.values()),
+                "changed_area_m2": None if None in areas else round(sum(areas), 2),
+                "first_change_pixels": int(counts[i + 1]),
+            }
+        )
+        regions += [{"interval": i + 1, **r} for r in _regions(features, captions)]
+    names = _interval_names(dates)
+    return {
+        "files": [str(p) for p in run.paths],
+        "dates": _dates_summary(run.paths, dates),
+        "model": str(run.model_path),
+        **_grid_summary(run.stack, run.options),
+        "intervals": intervals,
+        "date_of_change": {
+            "file": "date_of_change.tif",
+            "values": DATE_OF_CHANGE_VALUES,
+            "nodata": first_change_format(len(names))[1],
+            "intervals": {str(i): name for i, name in enumerate(names, start=1)},
+            "pixels": {str(i): int(n) for i, n in enumerate(counts)},
+        },
+        "regions_total": len(regions),
+        "regions_captioned": sum(r["caption"] is not None for r in regions),
+        "regions": regions,
+    }
 
 
 def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
@@ -251,12 +447,14 @@ def _bands_of(scene) -> dict[str, Any]:
     return {"rgb": list(scene.bands), "source": scene.band_source, "labels": list(scene.labels)}
 
 
-def _bands(pair) -> dict[str, Any]:
-    """Which bands were read as R, G, B and from what; B's own entry under "b" when they differ from A's."""
-    bands = _bands_of(pair.a)
-    b = _bands_of(pair.b)
-    if (b["rgb"], b["source"]) != (bands["rgb"], bands["source"]):
-        bands["b"] = b
+def _bands(stack) -> dict[str, Any]:
+    """Which bands were read as R, G, B and from what (the first date's); a later date's own entry when it
+    differs: under "b" for a pair, under "date N" (1-based) for a stack."""
+    bands = _bands_of(stack.scenes[0])
+    for number, scene in enumerate(stack.scenes[1:], start=2):
+        later = _bands_of(scene)
+        if (later["rgb"], later["source"]) != (bands["rgb"], bands["source"]):
+            bands["b" if len(stack) == 2 else f"date {number}"] = later
     return bands
 
 
@@ -270,13 +468,8 @@ def _stretch(rule, options: SceneOptions) -> dict[str, Any]:
     }
 
 
-def _summary(a, b, model_path, pair, features, captions, classes, options) -> dict[str, Any]:
-    from changescope.geo.vectors import area_method
-
-    window = pair.window
-    pixel_area = abs(pair.transform.a * pair.transform.e - pair.transform.b * pair.transform.d)
-    areas = area_method(pair.crs, pair.transform, (pair.height, pair.width))  # polygonize's rule
-    regions = [
+def _regions(features: list[dict], captions: list[str | None]) -> list[dict[str, Any]]:
+    return [
         {
             "class": f["class_name"],
             "pixels": f["pixels"],
@@ -290,27 +483,42 @@ def _summary(a, b, model_path, pair, features, captions, classes, options) -> di
         }
         for f, c in zip(features, captions, strict=True)
     ]
+
+
+def _grid_summary(stack, options: SceneOptions) -> dict[str, Any]:
+    """What every scene summary says about the grid, the bands, the stretch and the options."""
+    from changescope.geo.vectors import area_method
+
+    window = stack.window
+    pixel_area = abs(stack.transform.a * stack.transform.e - stack.transform.b * stack.transform.d)
+    areas = area_method(stack.crs, stack.transform, (stack.height, stack.width))  # polygonize's rule
+    first = "image A" if len(stack) == 2 else "date 1's image"
+    pixels = f"no georeference: coordinates are pixel (column, row) positions in {first}; areas are not known"
+    return {
+        "georeferenced": stack.georeferenced,
+        "crs": _crs_text(stack.crs),
+        "note": None if stack.georeferenced else pixels,
+        "size": [stack.width, stack.height],
+        "processed_window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
+        "pixel_area_crs_units": pixel_area if stack.georeferenced else None,
+        "area_method": areas["method"],
+        "area_method_reason": areas["reason"],
+        "bands": _bands(stack),
+        "stretch": _stretch(stack.rule, options),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+    }
+
+
+def _summary(a, b, model_path, pair, features, captions, classes, options) -> dict[str, Any]:
     return {
         "a": str(a),
         "b": str(b),
         "model": str(model_path),
-        "georeferenced": pair.georeferenced,
-        "crs": _crs_text(pair.crs),
-        "note": None
-        if pair.georeferenced
-        else "no georeference: coordinates are pixel (column, row) positions in image A; areas are not known",
-        "size": [pair.width, pair.height],
-        "processed_window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
-        "pixel_area_crs_units": pixel_area if pair.georeferenced else None,
-        "area_method": areas["method"],
-        "area_method_reason": areas["reason"],
-        "bands": _bands(pair),
-        "stretch": _stretch(pair.rule, options),
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        **_grid_summary(pair, options),
         "classes": class_totals(features, classes),
         "regions_total": len(features),
         "regions_captioned": sum(c is not None for c in captions),
-        "regions": regions,
+        "regions": _regions(features, captions),
     }
 
 
@@ -341,58 +549,55 @@ class _progress_bar:
             self.progress.stop()
 
 
-def _overview(dataset, bands, rule, max_side: int) -> np.ndarray:
+def _overview(scene, rule, max_side: int) -> np.ndarray:
+    """One date (on the first date's grid) read decimated to ``max_side``, stretched, ``[h, w, 3]`` uint8."""
+    dataset, bands = scene.dataset, scene.bands
     scale = min(1.0, max_side / max(dataset.width, dataset.height))
     shape = (len(bands), max(1, round(dataset.height * scale)), max(1, round(dataset.width * scale)))
     data = dataset.read(list(bands), out_shape=shape).astype(np.float32)
     return rule.apply(data).transpose(1, 2, 0)
 
 
-def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], path: Path, side: int = 768):
-    """``report.html``: overviews of A, B and the change map (decimated reads), the per-class table and the
-    captioned regions; one self-contained file."""
+def _map_view(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Band 1 of an output GeoTIFF read decimated to ``shape`` (nearest), nodata shown as 0."""
     import rasterio
-    from PIL import Image
 
-    from changescope.overlay import overlay
+    from changescope.geo.raster import _quiet
+
+    with _quiet(), rasterio.open(path) as src:
+        values = src.read(1, out_shape=shape[:2])
+        return np.where(values == src.nodata, 0, values)
+
+
+def _figures(views, side: int) -> str:
     from changescope.report import data_uri
 
-    view_a = _overview(pair.a.dataset, pair.a.bands, pair.rule, side)
-    view_b = _overview(pair.b.dataset, pair.b.bands, pair.rule, side)
-    with rasterio.open(changes) as src:
-        classes_map = src.read(1, out_shape=view_a.shape[:2])
-    shown = np.where(classes_map == 255, 0, classes_map)
-    views = (
-        ("A (before)", Image.fromarray(view_a)),
-        ("B (after, on A's grid)", Image.fromarray(view_b)),
-        ("changes", overlay(view_b, shown, classes)),
-    )
-    figures = "".join(
+    return "".join(
         f"<figure><img alt='{name}' src='{data_uri(img, side)}'><figcaption>{name}</figcaption></figure>"
         for name, img in views
     )
-    unit = "m2" if summary["georeferenced"] else "pixels"
-    rows = []
-    for name, row in summary["classes"].items():
-        area = "" if row["area_m2"] is None else f"{row['area_m2']:.1f}"
-        cells = (html.escape(name), row["regions"], row["pixels"], area)
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    regions = []
-    for region in summary["regions"]:
-        if region["caption"]:
-            area = f", {region['area_m2']:.1f} m2" if region["area_m2"] is not None else ""
-            regions.append(
-                f"<li>{html.escape(region['class'])}, {region['pixels']} px{area}: "
-                f"{html.escape(region['caption'])}</li>"
-            )
+
+
+def _read_text(bands: dict[str, Any]) -> str:
+    """Which bands were read, in words: the first date's, and each later date's own where it differs."""
+
+    def text(entry):
+        return f"bands {', '.join(map(str, entry['rgb']))}"
+
+    read = f"{text(bands)} as R, G, B ({bands['source']})"
+    others = [(key, entry) for key, entry in bands.items() if isinstance(entry, dict)]
+    if not others:
+        return read
+    first = "A" if "b" in bands else "date 1"
+    rest = "; ".join(f"{'B' if key == 'b' else key}: {text(e)} ({e['source']})" for key, e in others)
+    return f"{first}: {read}; {rest}"
+
+
+def _write_page(path: Path, title: str, summary: dict, views, side: int, body: str) -> None:
+    """Write a report: title, the line on grid, model, bands and stretch, the ``views`` (name, image) as
+    figures, then ``body``."""
     note = summary["note"] or f"CRS {summary['crs']}; areas in m2, {summary['area_method']}"
-    bands = summary["bands"]
-    read = f"bands {', '.join(map(str, bands['rgb']))} as R, G, B ({bands['source']})"
-    if "b" in bands:
-        b = bands["b"]
-        read = f"A: {read}; B: bands {', '.join(map(str, b['rgb']))} ({b['source']})"
     stretch = summary["stretch"]
-    title = f"What changed between {Path(summary['a']).name} and {Path(summary['b']).name}"
     text = (
         "<!doctype html><meta charset='utf-8'><title>changescope scene report</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:24px}figure{display:inline-block;margin:8px}"
@@ -400,11 +605,94 @@ def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], p
         "td:first-child{text-align:left}</style>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p>{html.escape(note)}. Model {html.escape(summary['model'])}. "
-        f"Read {html.escape(read)}. Stretch: {html.escape(stretch['rule'])} "
-        f"({html.escape(stretch['reason'])}).</p>{figures}"
-        f"<table><tr><th>class</th><th>regions</th><th>pixels</th><th>area ({unit})</th></tr>"
-        f"{''.join(rows)}</table>"
-        f"<h2>Captioned regions (largest {summary['regions_captioned']} of {summary['regions_total']})</h2>"
-        f"<ol>{''.join(regions)}</ol>"
+        f"Read {html.escape(_read_text(summary['bands']))}. Stretch: {html.escape(stretch['rule'])} "
+        f"({html.escape(stretch['reason'])}).</p>{_figures(views, side)}{body}\n"
     )
-    write_text_atomic(path, text + "\n")
+    write_text_atomic(path, text)
+
+
+def _row(cells) -> str:
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _area(row: dict[str, Any]) -> str:
+    return "" if row["area_m2"] is None else f"{row['area_m2']:.1f}"
+
+
+def _captioned(regions: list[dict]) -> str:
+    """The captioned regions as list items."""
+    items = []
+    for region in regions:
+        if region["caption"]:
+            area = f", {region['area_m2']:.1f} m2" if region["area_m2"] is not None else ""
+            items.append(
+                f"<li>{html.escape(region['class'])}, {region['pixels']} px{area}: "
+                f"{html.escape(region['caption'])}</li>"
+            )
+    return "".join(items)
+
+
+def write_scene_report(pair, changes: Path, summary: dict, classes: list[str], path: Path, side: int = 768):
+    """``report.html``: overviews of A, B and the change map (decimated reads), the per-class table and the
+    captioned regions; one self-contained file."""
+    from PIL import Image
+
+    from changescope.overlay import overlay
+
+    view_a, view_b = (_overview(scene, pair.rule, side) for scene in pair.scenes)
+    views = (
+        ("A (before)", Image.fromarray(view_a)),
+        ("B (after, on A's grid)", Image.fromarray(view_b)),
+        ("changes", overlay(view_b, _map_view(changes, view_a.shape), classes)),
+    )
+    unit = "m2" if summary["georeferenced"] else "pixels"
+    rows = "".join(
+        _row((html.escape(name), row["regions"], row["pixels"], _area(row)))
+        for name, row in summary["classes"].items()
+    )
+    title = f"What changed between {Path(summary['a']).name} and {Path(summary['b']).name}"
+    body = (
+        f"<table><tr><th>class</th><th>regions</th><th>pixels</th><th>area ({unit})</th></tr>{rows}</table>"
+        f"<h2>Captioned regions (largest {summary['regions_captioned']} of {summary['regions_total']})</h2>"
+        f"<ol>{_captioned(summary['regions'])}</ol>"
+    )
+    _write_page(path, title, summary, views, side, body)
+
+
+def write_stack_report(run: _Run, summary: dict, path: Path, side: int = 768):
+    """A stack's ``report.html``: overviews of the first and last dates, the date-of-change map coloured by
+    interval with a legend, a timeline (a row per interval: dates, areas per class, regions, first
+    changes) and the captioned regions of each interval; one self-contained file."""
+    from PIL import Image
+
+    from changescope.overlay import overlay
+
+    stack, dates = run.stack, summary["dates"]
+    first, last = (_overview(scene, stack.rule, side) for scene in (stack.scenes[0], stack.scenes[-1]))
+    names = [f"{row['interval']}: {row['date_from']} to {row['date_to']}" for row in summary["intervals"]]
+    when = _map_view(run.folder / "date_of_change.tif", first.shape)
+    views = (
+        (f"date 1 ({dates[0]['date']})", Image.fromarray(first)),
+        (f"date {len(dates)} ({dates[-1]['date']}, on date 1's grid)", Image.fromarray(last)),
+        ("date of change (first interval with change)", overlay(last, when, ["no change", *names])),
+    )
+    unit = "m2" if summary["georeferenced"] else "pixels"
+    areas = [f"{name} ({unit})" for name in run.classes[1:]]
+    head = ["interval", "from", "to", "regions", *areas, "first changed (px)"]
+    rows, captioned = [], []
+    for row in summary["intervals"]:
+        amounts = [_area(c) if summary["georeferenced"] else c["pixels"] for c in row["classes"].values()]
+        cells = (row["interval"], row["date_from"], row["date_to"], row["regions_total"], *amounts)
+        rows.append(_row((*(html.escape(str(c)) for c in cells), row["first_change_pixels"])))
+        mine = [r for r in summary["regions"] if r["interval"] == row["interval"]]
+        if any(r["caption"] for r in mine):
+            dates_text = html.escape(f"{row['date_from']} to {row['date_to']}")
+            captioned.append(f"<h3>{row['interval']}: {dates_text}</h3><ol>{_captioned(mine)}</ol>")
+    title = f"When it changed: {len(dates)} dates, {dates[0]['date']} to {dates[-1]['date']}"
+    body = (
+        "<h2>Timeline</h2>"
+        f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>"
+        f"<h2>Captioned regions (largest of each interval: {summary['regions_captioned']} of "
+        f"{summary['regions_total']})</h2>{''.join(captioned)}"
+    )
+    _write_page(path, title, summary, views, side, body)

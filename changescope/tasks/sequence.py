@@ -40,10 +40,15 @@ class SequenceChange:
     caption: str
     #: "temporal" (the temporal head) or "pairs" (the pair model on each interval)
     method: str = "pairs"
+    #: the last date decoded as RGB uint8 ``[H, W, 3]`` (what ``write_sequence`` draws the overlay on)
+    image: np.ndarray | None = None
 
 
-def uses_temporal_head(model, baseline: bool = False) -> bool:
-    return not baseline and "sequence" in model.tasks
+def uses_temporal_head(model, baseline: bool = False, dates: int = 3) -> bool:
+    """Whether a stack of ``dates`` is read by the temporal head: where the model has one and there are 3
+    or more dates. Two dates are a pair: the pair heads read them as every pair command does, so a pair
+    gives the same map through ``scene``, ``detect`` and a 2-date stack."""
+    return not baseline and dates >= 3 and "sequence" in model.tasks
 
 
 def _forward(model, processor, images: torch.Tensor, captions: bool):
@@ -56,7 +61,7 @@ def _forward(model, processor, images: torch.Tensor, captions: bool):
     small = processor.resize(images).to(device)
     tokens = None
     with torch.inference_mode():
-        if uses_temporal_head(model):
+        if uses_temporal_head(model, dates=t):
             out = model.sequence(small)
             logits, memory = out.mask_logits.flatten(0, 1), out.memory
         else:
@@ -72,7 +77,8 @@ def interval_probabilities(model, processor, images: torch.Tensor) -> torch.Tens
     """Class probabilities of every interval of a batch of sequences: ``images`` ``[N, T, 3, H, W]`` in
     [0, 1] (any size; resized to and from the model) -> ``[N, T - 1, K, H, W]`` float32 on the CPU, where
     interval ``i`` is the change from date ``i`` to date ``i + 1`` and ``K`` the model's classes (0 = no
-    change). The temporal head decides change where the model has one, else each consecutive pair alone.
+    change). The temporal head decides change where the model has one and T >= 3, else each consecutive pair
+    alone.
     Tiled callers (``scene`` on a stack of GeoTIFFs) blend these per tile."""
     return _forward(model, processor, images, captions=False)[0]
 
@@ -110,7 +116,7 @@ def detect_sequence(
     PIL images or arrays of one size, oldest first); ``dates`` label the captions (default: "date 1" ...).
     ``baseline`` reads each interval with the pair heads alone even where the model has a temporal head."""
     dates = _check_dates(images, dates)
-    if not uses_temporal_head(model, baseline):
+    if not uses_temporal_head(model, baseline, len(images)):
         model.require("mask")
         return _consecutive_pairs(model, processor, images, dates, min_area, batch_size)
     from changescope.tasks.consistency import reconcile
@@ -139,7 +145,8 @@ def detect_sequence(
     masks = np.stack(masks)
     changed = [bool(m.any()) for m in masks]
     caption = sequence_caption([r["caption"] for r in results], changed, dates)
-    return SequenceChange(masks, first_change_map(masks), results, caption, "temporal")
+    last = stack[-1].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return SequenceChange(masks, first_change_map(masks), results, caption, "temporal", last)
 
 
 def _consecutive_pairs(model, processor, images, dates, min_area: int, batch_size: int) -> SequenceChange:
@@ -151,9 +158,56 @@ def _consecutive_pairs(model, processor, images, dates, min_area: int, batch_siz
         iter_detections(model, processor, pairs, min_area, Decoding(batch_size=batch_size), None, batch_size)
     )
     masks = np.stack([d.mask for d in found])
-    results = [
-        {"interval": i, "from": dates[i], "to": dates[i + 1], **d.result} for i, d in enumerate(found)
-    ]
+    results = [{"interval": i, "from": dates[i], "to": dates[i + 1], **d.result} for i, d in enumerate(found)]
     changed = [bool(m.any()) for m in masks]
     caption = sequence_caption([r.get("caption") for r in results], changed, dates)
-    return SequenceChange(masks, first_change_map(masks), results, caption, "pairs")
+    return SequenceChange(masks, first_change_map(masks), results, caption, "pairs", found[-1].image)
+
+
+def sequence_result(change: SequenceChange, dates: Sequence[str]) -> dict[str, Any]:
+    """What ``detect`` / ``describe --json`` report for a stack: the dated caption, each interval's row and
+    how many pixels first changed in each interval (the values of ``date_of_change.png``)."""
+    first = change.first_change
+    values = {"0": "no change"}
+    values.update({str(r["interval"] + 1): f"{r['from']} -> {r['to']}" for r in change.results})
+    return {
+        "dates": list(dates),
+        "method": change.method,
+        "caption": change.caption,
+        "intervals": change.results,
+        "date_of_change": {
+            "file": "date_of_change.png",
+            "values": values,
+            "first_changed_pixels": [int((first == i).sum()) for i in range(len(change.results))],
+        },
+    }
+
+
+def write_sequence(
+    change: SequenceChange,
+    result: dict[str, Any],
+    out,
+    overwrite: bool = False,
+    record: str = "result.json",
+):
+    """Write a stack's detection as the folder ``out`` (built beside it and moved in whole):
+    ``interval_<i>.png`` (class ids of interval i, date i -> date i + 1, numbered from 1),
+    ``date_of_change.png`` (0: no change, i: first changed in interval i), ``overlay.png`` (the date of
+    change over the last date, a colour per interval) and ``result`` as ``record`` (``result.json``)."""
+    from PIL import Image
+
+    from changescope.fileio import write_outputs
+    from changescope.overlay import overlay
+
+    if change.image is None:
+        raise ValueError("write_sequence needs the last date's image (SequenceChange.image)")
+    width = len(str(len(change.results)))
+    images = {
+        f"interval_{i + 1:0{width}d}.png": Image.fromarray(mask, mode="L")
+        for i, mask in enumerate(change.interval_masks)
+    }
+    when = (change.first_change + 1).astype(np.uint8)
+    names = ["no change"] + [f"{r['from']} -> {r['to']}" for r in change.results]
+    images["date_of_change.png"] = Image.fromarray(when, mode="L")
+    images["overlay.png"] = overlay(change.image, when, names)
+    return write_outputs(out, images, record, result, overwrite)

@@ -603,7 +603,7 @@ TASK_FIELDS = {
     "sequence": ("temporal_kwargs",),
 }
 #: the temporal head a sequence run adds to a model that has none
-TEMPORAL_KWARGS = {"d_model": 64, "num_layers": 2, "num_heads": 4}
+TEMPORAL_KWARGS = {"d_model": 32, "num_layers": 2, "num_heads": 4, "fine_channels": 16}
 
 
 def _keep_init_heads(

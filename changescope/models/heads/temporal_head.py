@@ -35,11 +35,11 @@ class TemporalChangeHead(nn.Module):
     def __init__(
         self,
         channels: list[int],
-        d_model: int = 64,
+        d_model: int = 32,
         num_layers: int = 2,
         num_heads: int = 4,
         max_offset: int = 4,
-        fine_channels: int = 32,
+        fine_channels: int = 16,
         dropout: float = 0.1,
     ):
         super().__init__()
