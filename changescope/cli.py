@@ -487,19 +487,32 @@ def describe(
             typer.echo(row["caption"] if len(pairs) == 1 else f"{row['id']}\t{row['caption']}")
 
 
-def _describe_stack(model_spec, inputs, dates, beam, as_json, precision) -> None:
+def _read_stack(model_spec, inputs, dates, precision, min_area=MIN_AREA, out=None, overwrite=False):
+    """A stack command's common part: sort and check the files, check the output folder (before the
+    model loads), load the model and read the stack (``tasks.sequence.detect_sequence``). Returns
+    (files oldest first, their date labels, the model, its path, the ``SequenceChange``)."""
+    from changescope.fileio import check_output_dir
     from changescope.tasks.inference import load
-    from changescope.tasks.sequence import detect_sequence, sequence_result
+    from changescope.tasks.sequence import detect_sequence
+
+    files, labels = _stack_inputs(inputs, dates)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    _check_model(model_spec)
+    model, processor, model_path = load(model_spec, precision)
+    change = detect_sequence(model, processor, files, labels, min_area)
+    return files, labels, (model, processor), str(model_path), change
+
+
+def _describe_stack(model_spec, inputs, dates, beam, as_json, precision) -> None:
+    from changescope.tasks.sequence import sequence_result
 
     if beam != 1:
         raise typer.BadParameter("--beam: the captions of a stack are greedy; give --beam 1")
-    files, labels = _stack_inputs(inputs, dates)
-    _check_model(model_spec)
-    model, processor, model_path = load(model_spec, precision)
-    change = detect_sequence(model, processor, files, labels)
+    files, labels, _, model_path, change = _read_stack(model_spec, inputs, dates, precision)
     if as_json:
         result = sequence_result(change, labels)
-        _echo_json({**result, "files": [str(f) for f in files], "model": str(model_path)})
+        _echo_json({**result, "files": [str(f) for f in files], "model": model_path})
     else:
         typer.echo(change.caption)
 
@@ -612,17 +625,12 @@ def detect(
 
 
 def _detect_stack(model_spec, inputs, dates, out, min_area, as_json, overwrite, precision) -> None:
-    from changescope.fileio import check_output_dir
-    from changescope.tasks.inference import load
-    from changescope.tasks.sequence import detect_sequence, sequence_result, write_sequence
+    from changescope.tasks.sequence import sequence_result, write_sequence
 
-    files, labels = _stack_inputs(inputs, dates)
-    if out is not None:
-        check_output_dir(out, overwrite)
-    _check_model(model_spec)
-    model, processor, model_path = load(model_spec, precision)
-    change = detect_sequence(model, processor, files, labels, min_area)
-    result = {**sequence_result(change, labels), "files": [str(f) for f in files], "model": str(model_path)}
+    files, labels, _, model_path, change = _read_stack(
+        model_spec, inputs, dates, precision, min_area, out, overwrite
+    )
+    result = {**sequence_result(change, labels), "files": [str(f) for f in files], "model": model_path}
     if out is not None:
         write_sequence(change, result, out, overwrite)
     if as_json:
@@ -864,25 +872,20 @@ def _ask_many(model, processor, model_path, pairs, question, out, min_area, batc
 def _ask_stack(model_spec, inputs, dates, question, out, min_area, as_json, overwrite, precision) -> None:
     """A question about a stack: temporal ones from the interval masks (``tasks.temporal_qa``), any other
     of the first and last dates as a pair (``tasks.vqa.ask_pair``)."""
-    from changescope.fileio import check_output_dir
-    from changescope.tasks.inference import load
-    from changescope.tasks.sequence import detect_sequence, sequence_result, write_sequence
+    from changescope.tasks.sequence import sequence_result, write_sequence
     from changescope.tasks.temporal_qa import answer_temporal
     from changescope.tasks.vqa import ask_pair
 
-    files, labels = _stack_inputs(inputs, dates)
-    if out is not None:
-        check_output_dir(out, overwrite)
-    _check_model(model_spec)
-    model, processor, model_path = load(model_spec, precision)
-    change = detect_sequence(model, processor, files, labels, min_area)
+    files, labels, (model, processor), model_path, change = _read_stack(
+        model_spec, inputs, dates, precision, min_area, out, overwrite
+    )
     found = answer_temporal(question, change, labels, model.sequence_classes)
     if found is None:  # not about time: the first and the last date as a pair
         pair = ask_pair(model, processor, files[0], files[-1], question, min_area).result
         found = {**pair, "source": f"the pair {labels[0]} -> {labels[-1]}"}
     else:
         found["dates"] = [f"{labels[i]} -> {labels[i + 1]}" for i in found["intervals"]]
-    result = {"question": question, **found, "files": [str(f) for f in files], "model": str(model_path)}
+    result = {"question": question, **found, "files": [str(f) for f in files], "model": model_path}
     if out is not None:
         stack = sequence_result(change, labels)
         write_sequence(change, {**result, "stack": stack}, out, overwrite, "answer.json")
