@@ -114,6 +114,75 @@ def _check_model(spec: str | Path) -> None:
         raise DataError(path, "config.json not found: not a saved model (give a model or run directory)")
 
 
+def _llm_model(spec: str | Path) -> Path | None:
+    """The folder of a saved ChangeLLM (``models.llm_hub``) that ``spec`` names, else None."""
+    from changescope.models.llm_hub import is_change_llm
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(spec)
+    return path if is_change_llm(path) else None
+
+
+def _llm_pairs(inputs: list[str], usage: str) -> list:
+    from changescope.tasks.pairs import check_pair_files
+
+    if len(inputs) == 1:
+        pairs = _many_pairs(Path(inputs[0]), usage)
+    elif len(inputs) == 2:
+        pairs = [
+            (
+                Path(inputs[1]).stem,
+                _input_file(Path(inputs[0]), "image"),
+                _input_file(Path(inputs[1]), "image"),
+            )
+        ]
+    else:
+        raise typer.BadParameter("a ChangeLLM reads pairs: give BEFORE AFTER or a FOLDER / MANIFEST")
+    check_pair_files(pairs)
+    return pairs
+
+
+def _describe_llm(path: Path, inputs: list[str], out: Path | None, as_json: bool, batch_size: int) -> None:
+    """``describe`` with a ChangeLLM: its reply to the describe prompt, batched."""
+    from changescope.fileio import write_text_atomic
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import describe as llm_describe
+
+    pairs = _llm_pairs(inputs, "give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
+    _output_file(out, "--out")
+    model, processor = load_change_llm(path)
+    said = llm_describe(model, processor, [(a, b) for _, a, b in pairs], batch_size=batch_size)
+    rows = [
+        {"id": i, "caption": c, "model": str(path), "source": "change-llm"}
+        for (i, _, _), c in zip(pairs, said, strict=True)
+    ]
+    if out is not None:
+        write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
+        typer.echo(f"wrote {len(rows)} captions to {out}")
+    elif as_json:
+        _echo_json(rows[0] if len(inputs) == 2 else rows)
+    else:
+        for row in rows:
+            typer.echo(row["caption"] if len(rows) == 1 else f"{row['id']}\t{row['caption']}")
+
+
+def _ask_llm(path: Path, inputs: list[str], question: str, as_json: bool) -> None:
+    """``ask`` with a ChangeLLM: the model sees the pair and answers in words (no mask, no closed head)."""
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import reply
+
+    if len(inputs) != 2:
+        raise typer.BadParameter('a ChangeLLM answers about one pair: give BEFORE AFTER "QUESTION"')
+    ((_, before, after),) = _llm_pairs(inputs, "give BEFORE AFTER")
+    model, processor = load_change_llm(path)
+    answer = reply(model, processor, [(before, after)], [question])[0]
+    result = {"question": question, "answer": answer, "source": "change-llm", "model": str(path)}
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(answer)
+
+
 def _check_llm_url(url: str | None) -> None:
     if url is not None and not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"--llm-url must be an http:// or https:// URL, got '{url}'")
@@ -439,6 +508,10 @@ def describe(
     _check_precision(precision)
     model_spec, inputs = _split_model_arg(paths)
     _no_dates_for_pairs(dates, inputs)
+    llm = _llm_model(model_spec)
+    if llm is not None:
+        _describe_llm(llm, inputs, out, as_json, batch_size)
+        return
     if len(inputs) >= 3:
         if out is not None:
             raise typer.BadParameter("--out writes the captions of a folder or manifest; a stack prints one")
@@ -786,6 +859,10 @@ def ask(
     question = check_question(args[-1])
     model_spec, inputs = _split_model_arg(args[:-1])
     _no_dates_for_pairs(dates, inputs)
+    llm = _llm_model(model_spec)
+    if llm is not None:
+        _ask_llm(llm, inputs, question, as_json)
+        return
     if len(inputs) >= 3:
         _ask_stack(model_spec, inputs, dates, question, out, min_area, as_json, overwrite, precision)
         return

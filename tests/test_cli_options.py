@@ -110,6 +110,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-config-folder", "train --config {folder}", "not found"),
     ("train-resume-no-out", "train --resume", "--out"),
     ("train-resume-empty", "train --resume --out {folder}", "no training run"),
+    ("train-llm-preset", "train --data {synth} --out {out} --llm tiny-llama", "--llm takes an LLM preset"),
+    ("train-llm-missing", "train --data {synth} --out {out} --preset llm-tiny --llm {missing}", ".gguf"),
     # evaluate
     ("evaluate-precision", "evaluate default --data {synth} --precision fp8", "--precision"),
     ("evaluate-model-missing", "evaluate {missing} --data {synth}", "not found"),

@@ -26,6 +26,13 @@ naming the index line or folder), there must be T-1 interval masks, each with va
 or 255. The report counts sequences instead of pairs, and adds the intervals and the intervals with
 change per split, and the changed and labelled interval pixels.
 
+Instruction formats (``instructions.py``: images plus a human / gpt conversation) are checked per
+sample: every image is read and must have the first image's size, an answer mask (QAG-360K) must be
+readable and of the images' size; the record itself (fields, turn order, the ``<image>`` placeholder) is
+checked by the reader, which refuses the split naming the index line or record. The report counts
+samples, and adds their turns and images per split; records a reader leaves out (TEOChatlas single
+images) are warnings, an id listed twice within a split an inconsistency.
+
 Decoding is the cost (about 2 ms per 256 x 256 PNG), so images are decoded in a thread pool: Pillow
 releases the GIL while it inflates, and every check on pixels is a numpy call.
 """
@@ -48,6 +55,7 @@ from changescope.data.readers import detect_format, reader_class
 from changescope.data.readers.base import CaptionPairDataset, PairEntry, one_size
 from changescope.data.readers.cdvqa import CDVQA, VQAItem
 from changescope.data.readers.changedetection import CHANGE, IGNORE_INDEX, ChangeDetectionDataset
+from changescope.data.readers.instructions import InstructionDataset, InstructionEntry
 from changescope.data.readers.timeseries import SequenceDataset, SequenceEntry
 from changescope.errors import DataError
 
@@ -68,6 +76,9 @@ class SplitStats:
     #: time-series formats: intervals (T-1 per sequence) and those with change
     intervals: int = 0
     changed_intervals: int = 0
+    #: instruction formats: conversation turns, and images over all samples
+    turns: int = 0
+    images: int = 0
 
     @property
     def change_percent(self) -> float | None:
@@ -109,7 +120,7 @@ class CheckReport:
     root: str
     format: str
     splits: dict[str, SplitStats] = field(default_factory=dict)
-    #: what ``SplitStats.pairs`` counts: "pairs", or "sequences" for time-series formats
+    #: what ``SplitStats.pairs`` counts: "pairs", "sequences" (time series) or "samples" (instructions)
     unit: str = "pairs"
     #: one line each, naming the file and the problem (at most ``MAX_LISTED`` per kind, then a count)
     errors: list[str] = field(default_factory=list)
@@ -159,6 +170,8 @@ class CheckReport:
         total = self.total()
         vqa, masks, pixels = total.questions > 0, total.with_mask > 0, total.labelled_pixels > 0
         series = self.unit == "sequences"
+        if self.unit == "samples":
+            return self._instruction_table(total, masks)
         header = ["split", self.unit] + (["questions"] if vqa else ["changed", "unchanged", "change %"])
         header += ["with mask"] if masks else []
         header += ["intervals", "changed intervals"] if series else []
@@ -174,15 +187,29 @@ class CheckReport:
             row += [str(stats.with_mask)] if masks else []
             row += [str(stats.intervals), str(stats.changed_intervals)] if series else []
             rows.append(row + ([str(stats.changed_pixels), str(stats.labelled_pixels)] if pixels else []))
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        return _aligned(header, rows)
 
-        def line(cells: list[str]) -> str:
-            return "  ".join(
-                cell.ljust(width) if i == 0 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-            )
+    def _instruction_table(self, total: SplitStats, masks: bool) -> list[str]:
+        header = ["split", "samples", "turns", "images / sample"] + (["with mask"] if masks else [])
+        rows = []
+        for name, stats in [*self.splits.items(), ("total", total)]:
+            per_sample = f"{stats.images / stats.pairs:.2f}" if stats.pairs else "-"
+            row = [name, str(stats.pairs), str(stats.turns), per_sample]
+            rows.append(row + ([str(stats.with_mask)] if masks else []))
+        return _aligned(header, rows)
 
-        return [line(header)] + [line(row) for row in rows]
+
+def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [line(header)] + [line(row) for row in rows]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +243,8 @@ def check_dataset(
         check_split = _check_caption_split
     elif issubclass(cls, CDVQA):
         check_split = _check_vqa_split
+    elif issubclass(cls, InstructionDataset):
+        check_split, unit = _check_instruction_split, "samples"
     else:
         raise DataError(None, f"no checker for format '{fmt}'")
 
@@ -239,6 +268,7 @@ def check_dataset(
                     errors.add("index", err)
                 continue
             splits[split] = check_split(dataset, pool, errors, inconsistencies, ids)
+            warnings += [" ".join(str(note).split()) for note in getattr(dataset, "notes", ())]
             if not splits[split].pairs:
                 warnings.append(f"split '{split}' has no {unit}")
 
@@ -460,4 +490,53 @@ def _check_sequence_split(dataset: SequenceDataset, pool, errors, inconsistencie
         stats.changed_intervals += changed_intervals
         stats.changed_pixels += int(change.sum())
         stats.labelled_pixels += labelled
+    return stats
+
+
+# instruction data ---------------------------------------------------------------------------------
+@dataclass
+class _SampleResult:
+    errors: list[tuple[str, str]]
+    #: answer-mask pixels that are set; None when there is no mask or it could not be read
+    mask_pixels: int | None = None
+
+
+def _read_instruction_sample(dataset: InstructionDataset, entry: InstructionEntry) -> _SampleResult:
+    missing = dataset.missing_files(entry)
+    if missing:
+        return _SampleResult([("missing file", str(err)) for err in missing])
+    arrays, errors = _read_images(entry.images, noun="sample")
+    if errors:
+        return _SampleResult(errors)
+    try:
+        mask = dataset.read_mask(entry, arrays[0].shape[:2])
+    except DataError as err:
+        return _SampleResult([("label", str(err))])
+    return _SampleResult([], None if mask is None else int(np.count_nonzero(mask)))
+
+
+def _check_instruction_split(dataset: InstructionDataset, pool, errors, inconsistencies, ids) -> SplitStats:
+    stats = SplitStats()
+    results = pool.map(partial(_read_instruction_sample, dataset), dataset.entries)
+    seen: dict[str, int] = defaultdict(int)
+    for entry, result in zip(dataset.entries, results, strict=True):
+        stats.pairs += 1
+        stats.turns += len(entry.conversations)
+        stats.images += len(entry.images)
+        seen[entry.id] += 1
+        for kind, message in result.errors:
+            errors.add(kind, message)
+        if result.mask_pixels is not None:
+            # an empty answer mask is the visual answer "no change"
+            stats.with_mask += 1
+            stats.changed += result.mask_pixels > 0
+            stats.unchanged += result.mask_pixels == 0
+    # ids are per split here: released sets number each file from 0
+    for sample_id, count in seen.items():
+        if count > 1:
+            inconsistencies.add(
+                "duplicate id",
+                f"{dataset.index_path}: sample id '{sample_id}' is listed {count} times in split "
+                f"'{dataset.split}'",
+            )
     return stats

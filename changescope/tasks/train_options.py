@@ -223,6 +223,12 @@ class TrainOptions:
     augment: bool = option(
         True, "Random quarter turns and mirrors of cached features and masks in mask-only training."
     )
+    llm: str | None = option(
+        None,
+        "LLM presets (llm-*): the causal LM: smollm2-135m (the packaged GGUF), tiny-llama, a .gguf file or "
+        "a Hugging Face model folder (default: the preset's).",
+        metavar="NAME_OR_PATH",
+    )
     accelerator: str = option("auto", f"Lightning accelerator: {', '.join(ACCELERATORS)}.")
     devices: int = option(1, "Processes / GPUs; > 1 trains with DDP.")
     overrides: dict[str, Any] = option(
@@ -253,8 +259,17 @@ class TrainOptions:
             raise DataError(data, "not a dataset folder or a mix file (.yaml / .yml / .json)")
         if out.exists() and not out.is_dir():
             raise DataError(out, "is a file; --out takes a run folder")
-        if self.preset not in PRESETS:
-            raise ChangescopeError(f"--preset: unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+        from changescope.models.llm_hub import LLM_PRESETS
+
+        if self.preset not in PRESETS and self.preset not in LLM_PRESETS:
+            known = ", ".join([*PRESETS, *LLM_PRESETS])
+            raise ChangescopeError(f"--preset: unknown preset '{self.preset}' (known: {known})")
+        if self.llm is not None and self.preset not in LLM_PRESETS:
+            raise ChangescopeError(f"--llm takes an LLM preset (llm-*), not '{self.preset}'")
+        if self.llm is not None:
+            from changescope.models.llm_hub import check_lm_source
+
+            check_lm_source(self.llm)
         if self.question_encoder not in (None, "minilm", "words"):
             raise ChangescopeError(f"--question-encoder takes minilm or words, got '{self.question_encoder}'")
         if self.init not in (None, "default") and not Path(self.init).exists():

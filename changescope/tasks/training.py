@@ -739,6 +739,18 @@ def _load_run(out: Path) -> tuple[TrainOptions, ModelConfig, Vocabulary]:
     return TrainOptions.from_mapping(run["options"], path), ModelConfig.from_dict(run["config"], path), vocab
 
 
+def _is_llm_run(options: TrainOptions, out: Path, resume: bool) -> bool:
+    """An instruction-tuning run (``--preset llm-*``, or resuming one): ``tasks.llm_training``."""
+    from changescope.models.llm_hub import is_llm_preset
+
+    if not resume:
+        return is_llm_preset(options.preset)
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8")).get("kind") == "change-llm"
+    except (OSError, ValueError):
+        return False
+
+
 def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
     """Train (or resume) a change model; return a summary with the best validation metric and model path.
 
@@ -746,6 +758,10 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
     those processes (``LOCAL_RANK`` > 0) read the run that rank 0 prepared, and return None.
     """
     out = Path(options.out)
+    if _is_llm_run(options, out, resume):
+        from changescope.tasks.llm_training import train_llm
+
+        return train_llm(options, resume)
     last = out / "checkpoints" / "last.ckpt"
     launched_rank = int(os.environ.get("LOCAL_RANK", "0")) if options.devices > 1 else 0
     if launched_rank > 0 and not resume:

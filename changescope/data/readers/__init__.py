@@ -29,6 +29,12 @@ FORMATS: dict[str, str] = {
     # time series: T >= 2 dates, a change mask per interval (changescope/data/readers/timeseries.py)
     "synthchange-sequences": "changescope.data.readers.timeseries:SynthChangeSequences",
     "spacenet7": "changescope.data.readers.timeseries:SpaceNet7",
+    # instruction data: images + a human / gpt conversation (changescope/data/readers/instructions.py)
+    "changescope-instructions": "changescope.data.readers.instructions:ChangescopeInstructions",
+    "changechat": "changescope.data.readers.instructions:ChangeChat",
+    "changechat-105k": "changescope.data.readers.instructions:ChangeChat105k",
+    "teochatlas": "changescope.data.readers.instructions:TEOChatlas",
+    "qag-360k": "changescope.data.readers.instructions:QAG360K",
 }
 
 
@@ -57,6 +63,11 @@ def detect_format(root: str | Path) -> str:
         p.is_dir() for p in (root / "description_jsontr_te_val", *root.glob("*/description_jsontr_te_val"))
     ):
         return "dubai-cc"
+    from changescope.data.readers.instructions import detect as detect_instructions
+
+    found = detect_instructions(root)
+    if found is not None:
+        return found
     from changescope.data.readers.timeseries import detect as detect_series
 
     found = detect_series(root)

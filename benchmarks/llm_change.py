@@ -1,0 +1,128 @@
+"""A ChangeLLM next to the classic captioner: captions, closed answers, batched generation speed.
+
+On the same test pairs of a SynthChange (or any masked) dataset:
+
+* **captions**: the LLM's reply to "Describe what changed ..." and the classic model's caption, scored by
+  pycocoevalcap against the references (``metrics.accumulators.CaptionAccumulator``);
+* **closed answers**: the follow-up turns of the instruction file (``data.instructions``: counts, yes / no,
+  3 x 3 grid, changed area, class names), asked after the conversation's true first exchange; exact match
+  per kind;
+* **speed**: new tokens per second of batched greedy generation at batch 1 and at ``--batch-size``
+  (baseline: batch 1, in the same process).
+
+    python benchmarks/llm_change.py --model RUN/model --data .data/synth_s2026 --pairs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from changescope.data.instructions import read_instructions, write_instructions
+from changescope.metrics.accumulators import CaptionAccumulator
+from changescope.models.llm_hub import load_change_llm
+from changescope.tasks.inference import Decoding, iter_descriptions, load
+from changescope.tasks.llm_inference import describe, reply
+from changescope.tasks.queries import open_pairs
+
+
+def caption_scores(data: str, split: str, pairs: int, captions_for) -> dict:
+    dataset, _ = open_pairs(data, split)
+    entries = dataset.entries[:pairs]
+    said = captions_for([(e.images[0], e.images[1]) for e in entries])
+    acc = CaptionAccumulator(dataset.no_change_sentences)
+    acc.update([e.id for e in entries], said, [e.captions for e in entries], [e.flag for e in entries])
+    scores = acc.compute()
+    return {"all": scores["all"], "change_accuracy": scores["change_accuracy"],
+            "no_change_accuracy": scores["no_change_accuracy"], "examples": said[:3]}  # fmt: skip
+
+
+def closed_answers(model, processor, rows, batch_size: int) -> dict:
+    """Exact match per kind of every follow-up turn, after the true first exchange."""
+    asks, truths, kinds, pairs, histories = [], [], [], [], []
+    for row in rows:
+        turns = row["conversations"]
+        for k in range(1, len(turns) // 2):
+            asks.append(turns[2 * k]["value"])
+            truths.append(turns[2 * k + 1]["value"])
+            kinds.append(row["kinds"][k])
+            pairs.append(tuple(row["images"][:2]))
+            histories.append(turns[: 2 * k])
+    said = reply(model, processor, pairs, asks, histories, batch_size=batch_size)
+    right, total = defaultdict(int), defaultdict(int)
+    for kind, answer, truth in zip(kinds, said, truths, strict=True):
+        total[kind] += 1
+        right[kind] += answer.strip().lower() == truth.strip().lower()
+    per_kind = {k: round(right[k] / total[k], 4) for k in sorted(total)}
+    overall = sum(right.values()) / max(sum(total.values()), 1)
+    return {"overall": round(overall, 4), "per_kind": per_kind, "n": sum(total.values())}
+
+
+def tokens_per_second(model, processor, pairs, batch_size: int, max_new_tokens: int = 32) -> float:
+    """New tokens per second of greedy generation over ``pairs`` at ``batch_size``."""
+    questions = ["Describe what changed between the two images."] * len(pairs)
+    start = time.perf_counter()
+    said = reply(model, processor, pairs, questions, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(processor.tokenizer.encode(s, add_special_tokens=False)) + 1 for s in said)
+    return tokens / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a saved ChangeLLM (RUN/model)")
+    parser.add_argument("--classic", default="default", help="the classic captioner to compare with")
+    parser.add_argument("--data", default=".data/synth_s2026")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--instructions", help="folder of <split>.jsonl (default: written from --data)")
+    parser.add_argument("--json", help="also write the scores here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    model, processor = load_change_llm(args.model)
+    folder = Path(args.instructions or Path(args.model).parent / "bench_instructions")
+    if not (folder / f"{args.split}.jsonl").is_file():
+        write_instructions(args.data, folder, (args.split,))
+    rows = read_instructions(folder / f"{args.split}.jsonl")[: args.pairs]
+
+    results = {"model": args.model, "classic": args.classic, "data": args.data, "pairs": len(rows)}
+    results["llm_captions"] = caption_scores(
+        args.data, args.split, args.pairs, lambda p: describe(model, processor, p, batch_size=args.batch_size)
+    )
+    results["llm_closed"] = closed_answers(model, processor, rows, args.batch_size)
+    pairs = [tuple(r["images"][:2]) for r in rows[:16]]
+    one = tokens_per_second(model, processor, pairs, 1)
+    many = tokens_per_second(model, processor, pairs, args.batch_size)
+    results["tokens_per_second"] = {"batch_1": round(one, 1), f"batch_{args.batch_size}": round(many, 1),
+                                    "ratio": round(many / one, 2)}  # fmt: skip
+
+    classic, classic_processor, _ = load(args.classic)
+
+    def classic_captions(pairs):
+        named = [(str(i), a, b) for i, (a, b) in enumerate(pairs)]
+        return [r["caption"] for r in iter_descriptions(classic, classic_processor, named, Decoding())]
+
+    results["classic_captions"] = caption_scores(args.data, args.split, args.pairs, classic_captions)
+    for name in ("llm_captions", "classic_captions"):
+        row = results[name]
+        s = row["all"]
+        print(
+            f"{name:>17}: BLEU-4 {s['BLEU-4']:.3f} CIDEr-D {s['CIDEr-D']:.3f} ROUGE-L {s['ROUGE-L']:.3f} "
+            f"| change acc {row['change_accuracy']} no-change acc {row['no_change_accuracy']}"
+        )
+    closed = results["llm_closed"]
+    print(f"       llm closed: {closed['overall']:.3f} (n={closed['n']}) {closed['per_kind']}")
+    print(f"  tokens/s: {results['tokens_per_second']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
