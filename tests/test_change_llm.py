@@ -7,6 +7,7 @@ end to end and loads the export without the training code.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def test_instructions_are_read_off_the_labels(synth, tmp_path):
     assert (tmp_path / "again" / "val.jsonl").read_text() == (tmp_path / "instr" / "val.jsonl").read_text()
 
 
-def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys):
+def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     argv = ["train", "--preset", "llm-tiny", "--data", str(synth), "--out", str(run), "--epochs", "1"]
     assert main([*argv, "--batch-size", "4", "--limit-pairs", "8"]) == 0
@@ -128,6 +129,9 @@ def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys):
     assert main(["ask", str(run), *pair, "How many buildings were built?", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["source"] == "change-llm" and isinstance(answer["answer"], str)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("what changed?\nhow many buildings?\n\n"))
+    assert main(["chat", *pair, "--model", str(run)]) == 0
+    assert capsys.readouterr().out.count("llm> ") == 2  # two messages, two replies, then the empty line
     # the export loads without the training code: no peft, no Lightning imported
     code = (
         "import sys; from changescope.models.llm_hub import load_change_llm; "

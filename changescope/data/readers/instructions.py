@@ -31,7 +31,8 @@ Formats, with the layout each follows and where it was read (reference: reposito
 
     ROOT/{train,val,test}.jsonl    one object per line, nothing else in it:
         {"id": str, "images": [path, path, ...],
-         "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}
+         "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
+         "kinds": [str, ...] (optional: what each human turn asks; ``data.instructions`` writes it)}
     image paths relative to the JSONL's folder (absolute paths are kept), oldest first
 
 ``changechat`` (:class:`ChangeChat`), ChangeChat-87k (Deng et al., ICASSP 2025). The official repository
