@@ -8,8 +8,10 @@ looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,6 +26,22 @@ from changescope.models.processor import ChangeProcessor
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.json"
+
+
+@contextlib.contextmanager
+def staged_model_dir(directory: str | Path) -> Iterator[Path]:
+    """A fresh folder beside ``directory`` to write a model into; it replaces ``directory`` whole when the
+    block succeeds (an existing folder only if it holds a model), and is removed when it fails."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, directory: Path) -> None:
@@ -63,12 +81,7 @@ def save_pretrained(
     vocab_size = len(processor.vocab) if processor.vocab is not None else 0
     if vocab_size != model.config.vocab_size:
         raise ValueError(f"vocabulary has {vocab_size} tokens, model expects {model.config.vocab_size}")
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_model_dir(directory) as tmp:
         config = ModelConfig.from_dict(model.config.to_dict())
         config.backbone_weights = backbone
         config.save(tmp / CONFIG_NAME)
@@ -84,10 +97,7 @@ def save_pretrained(
             state[name] = tensor.contiguous().clone()  # clone: tied weights must not share storage here
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
         plain_permissions(tmp / WEIGHTS_NAME)
-        _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 def _check_packaged_backbone(model: ChangeModel) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +155,7 @@ def save_change_llm(
     """Write the folder described in the module docstring, built beside ``directory`` and moved in whole."""
     from safetensors.torch import save_file
 
-    from changescope.models.hub import _replace_dir, save_pretrained
+    from changescope.models.hub import save_pretrained, staged_model_dir
 
     lm = _merged_lm(model.lm)
     state = {f"projector.{k}": v for k, v in model.projector.state_dict().items()}
@@ -169,21 +167,13 @@ def save_change_llm(
         state[name] = tensor.contiguous().clone()  # tied embeddings must not share storage in the file
     config = ChangeLLMConfig.from_dict(model.config.to_dict())
     config.lm_config = lm.config.to_dict()
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_model_dir(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         vision = model.vision
         packaged = "package" if vision.config.backbone_frozen else "file"
         save_pretrained(vision, processor.image_processor, tmp / VISION_DIR, torch.float16, backbone=packaged)
         processor.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-        _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return Path(directory)
 
 
