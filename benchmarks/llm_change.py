@@ -8,9 +8,14 @@ On the same test pairs of a SynthChange (or any masked) dataset:
   3 x 3 grid, changed area, class names), asked after the conversation's true first exchange; exact match
   per kind;
 * **speed**: new tokens per second of batched greedy generation at batch 1 and at ``--batch-size``
-  (baseline: batch 1, in the same process).
+  (baseline: batch 1, in the same process);
+* **real pairs** (``--realdata``): the held-out real tiles of ``retrieval_quality.tiles`` (the real
+  validation splits of ``real_change.REAL_SETS``), asked "Did anything change?" and where (3 x 3 grid),
+  against their label masks; the classic model answers both from its own change mask through the same
+  answer writers (``data.instructions.grid_answer``).
 
-    python benchmarks/llm_change.py --model RUN/model --data .data/synth_s2026 --pairs 100
+    python benchmarks/llm_change.py --model RUN/model --data .data/synth_s2026 --pairs 100 \
+        --realdata ../shared/realdata
 """
 
 from __future__ import annotations
@@ -73,6 +78,64 @@ def tokens_per_second(model, processor, pairs, batch_size: int, max_new_tokens: 
     return tokens / seconds
 
 
+def real_tiles(realdata: Path, size: int, limit: int):
+    """Up to ``limit`` ``(set, before, after, label)`` tiles of the real held-out splits (uint8 arrays;
+    label: change ids with ``IGNORE_INDEX`` where unlabelled), mostly labelled ones only."""
+    from real_change import REAL_SETS
+
+    from changescope.data.mix import tile_starts
+    from changescope.data.readers import open_dataset
+    from changescope.data.sample import IGNORE_INDEX
+
+    found = []
+    for name, folder, fmt, split, _ in REAL_SETS:
+        dataset = open_dataset(realdata / folder, split, fmt)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            image, mask = sample["image"], sample["mask"]
+            h, w = mask.shape
+            if h < size or w < size:
+                continue
+            for y in tile_starts(h, size, size):
+                for x in tile_starts(w, size, size):
+                    label = mask[y : y + size, x : x + size]
+                    if (label == IGNORE_INDEX).float().mean() > 0.5:
+                        continue
+                    crop = image[..., y : y + size, x : x + size]
+                    before, after = ((crop[t].permute(1, 2, 0) * 255).round().byte().numpy() for t in (0, -1))
+                    found.append((name, before, after, label.numpy()))
+    step = max(1, len(found) // limit)  # spread over the sets, not the first set's tiles alone
+    return found[::step][:limit]
+
+
+def real_answers(model, processor, classic, classic_processor, realdata: Path, limit: int, batch: int):
+    """Did anything change, and where (3 x 3 grid), on real tiles: the LLM's words against the answers the
+    classic model's own change mask gives through the same writers."""
+    from changescope.data.instructions import CHANGED_PROMPTS, GRID_PROMPT, grid_answer
+    from changescope.data.sample import IGNORE_INDEX
+    from changescope.tasks.detection import iter_detections
+
+    tiles = real_tiles(realdata, 256, limit)
+    pairs = [(before, after) for _, before, after, _ in tiles]
+    truth = [(label != IGNORE_INDEX) & (label > 0) for *_, label in tiles]
+    said_changed = reply(model, processor, pairs, [CHANGED_PROMPTS[0]] * len(pairs), batch_size=batch)
+    said_grid = reply(model, processor, pairs, [GRID_PROMPT] * len(pairs), batch_size=batch)
+    named = [(str(i), a, b) for i, (a, b) in enumerate(pairs)]
+    found = [d.mask > 0 for d in iter_detections(classic, classic_processor, named, batch_size=batch)]
+    rows = {"llm": (said_changed, said_grid), "classic": (
+        ["yes" if m.any() else "no" for m in found], [grid_answer(m) for m in found])}  # fmt: skip
+    out = {"tiles": len(tiles), "sets": sorted({t[0] for t in tiles}),
+           "changed_share": round(sum(bool(t.any()) for t in truth) / len(truth), 3)}  # fmt: skip
+    for name, (changed, grid) in rows.items():
+        yes_no = [
+            a.strip().lower() == ("yes" if t.any() else "no") for a, t in zip(changed, truth, strict=True)
+        ]
+        where = [a.strip().lower() == grid_answer(t) for a, t in zip(grid, truth, strict=True)]
+        out[name] = {"changed_accuracy": round(sum(yes_no) / len(yes_no), 4),
+                     "grid_exact": round(sum(where) / len(where), 4)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a saved ChangeLLM (RUN/model)")
@@ -82,6 +145,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--instructions", help="folder of <split>.jsonl (default: written from --data)")
+    parser.add_argument("--realdata", type=Path, help="also the real held-out tiles of this folder")
+    parser.add_argument("--real-tiles", type=int, default=120)
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -110,6 +175,10 @@ def main() -> None:
         return [r["caption"] for r in iter_descriptions(classic, classic_processor, named, Decoding())]
 
     results["classic_captions"] = caption_scores(args.data, args.split, args.pairs, classic_captions)
+    if args.realdata is not None:
+        results["real"] = real_answers(
+            model, processor, classic, classic_processor, args.realdata, args.real_tiles, args.batch_size
+        )
     for name in ("llm_captions", "classic_captions"):
         row = results[name]
         s = row["all"]
@@ -120,6 +189,8 @@ def main() -> None:
     closed = results["llm_closed"]
     print(f"       llm closed: {closed['overall']:.3f} (n={closed['n']}) {closed['per_kind']}")
     print(f"  tokens/s: {results['tokens_per_second']}")
+    if "real" in results:
+        print(f"  real tiles: {results['real']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
