@@ -140,3 +140,25 @@ def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys, monkeypat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_any_local_causal_lm_folder_or_gguf_is_an_lm_source(tiny, tmp_path):
+    """`--llm` takes a Hugging Face model folder (Qwen2.5, LLaMA, ... weights a user has) or a .gguf file;
+    a name that is neither is refused before anything loads: nothing is downloaded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from changescope.errors import DataError
+    from changescope.models.llm_hub import check_lm_source, load_lm
+
+    model, processor = tiny
+    folder = tmp_path / "my-lm"
+    base = LlamaForCausalLM(LlamaConfig(**model.config.lm_config))  # a plain LM, as a user's would be
+    base.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    lm, tokenizer = load_lm(str(folder))
+    assert type(lm).__name__ == "LlamaForCausalLM" and len(tokenizer) == len(processor.tokenizer)
+    assert lm.config.hidden_size == base.config.hidden_size
+    assert torch.equal(lm.lm_head.weight, base.lm_head.weight)
+    for name in ("Qwen/Qwen2.5-0.5B-Instruct", str(tmp_path / "missing.gguf")):
+        with pytest.raises(DataError, match="never downloaded"):
+            check_lm_source(name)
