@@ -26,7 +26,8 @@ def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
 
     if not (DEFAULT_MODEL / "config.json").is_file():
         pytest.skip("no shipped model in this checkout")
-    # five heads in fp16; the frozen MiniLM question encoder (90 MB) comes from its package, not this file
+    # six heads in fp16 (the temporal head reads stacks); the frozen MiniLM question encoder (90 MB)
+    # comes from its package, not this file
     size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
     assert size <= 30 * 2**20
     from safetensors import safe_open
@@ -35,5 +36,5 @@ def test_shipped_model_loads_without_training_code_and_fits_the_size_budget():
         assert not [k for k in weights.keys() if k.startswith("question_encoder")]
     model, processor = from_pretrained(DEFAULT_MODEL)
     assert model.config.preset == "lite" and len(processor.vocab) == model.config.vocab_size
-    assert model.tasks == ("caption", "mask", "vqa", "grounding", "retrieval")
+    assert model.tasks == ("caption", "mask", "vqa", "grounding", "retrieval", "sequence")
     assert model.config.classes == ["background", "road", "building", "tree", "water"]

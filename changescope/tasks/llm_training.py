@@ -25,8 +25,8 @@ from changescope.data.instructions import read_instructions, write_instructions
 from changescope.errors import ChangescopeError, DataError, require_all
 from changescope.fileio import write_json_atomic
 from changescope.models.llm_hub import LLM_PRESETS, build_change_llm, save_change_llm
+from changescope.tasks.callbacks import AtomicCheckpoint, MetricsLog
 from changescope.tasks.train_options import TrainOptions
-from changescope.tasks.training import AtomicCheckpoint, MetricsLog
 
 MONITOR = "val/token_accuracy"
 

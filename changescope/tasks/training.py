@@ -40,7 +40,7 @@ from changescope.data.mix import tiled_if_uncaptioned
 from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
-from changescope.fileio import write_json_atomic, write_text_atomic
+from changescope.fileio import write_json_atomic
 from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.heads.mask_head import mask_loss
@@ -48,6 +48,7 @@ from changescope.models.heads.query_heads import grounding_loss
 from changescope.models.hub import save_pretrained
 from changescope.models.presets import build_config
 from changescope.models.processor import ChangeProcessor
+from changescope.tasks.callbacks import AtomicCheckpoint, MetricsLog
 from changescope.tasks.data import binary_remap, binary_target, caption_loader, sequence_loader
 from changescope.tasks.queries import OPEN, attach, open_pairs
 from changescope.tasks.train_options import (  # noqa: F401 (re-exported: tests and callers import them here)
@@ -387,18 +388,6 @@ class ChangeTask(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-class AtomicCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Lightning's checkpoint callback, but a checkpoint appears under its name only once fully written."""
-
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        tmp = f"{filepath}.part"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-
-
 class ExportBest(pl.Callback):
     """Writes ``OUT/model`` with save_pretrained whenever the monitored validation metric improves."""
 
@@ -441,37 +430,6 @@ class ExportBest(pl.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
-
-
-class MetricsLog(pl.Callback):
-    """Keeps one row per epoch (training loss, validation metrics) and rewrites ``OUT/metrics.jsonl``.
-
-    The rows are part of the checkpoint, so a resumed run's file lists every epoch exactly once.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-
-    def on_validation_end(self, trainer, task):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        row.update(
-            {
-                k: round(float(v), 6)
-                for k, v in sorted(trainer.callback_metrics.items())
-                if k.startswith(("val/", "train/loss_epoch"))
-            }
-        )
-        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = list(state["rows"])
 
 
 def _is_sequences(dataset) -> bool:
