@@ -155,6 +155,7 @@ def save_change_llm(
     """Write the folder described in the module docstring, built beside ``directory`` and moved in whole."""
     from safetensors.torch import save_file
 
+    from changescope.fileio import plain_permissions
     from changescope.models.hub import save_pretrained, staged_model_dir
 
     lm = _merged_lm(model.lm)
@@ -170,6 +171,7 @@ def save_change_llm(
     with staged_model_dir(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        plain_permissions(tmp / WEIGHTS_NAME)  # safetensors writes 0600; a model folder is for sharing
         vision = model.vision
         packaged = "package" if vision.config.backbone_frozen else "file"
         save_pretrained(vision, processor.image_processor, tmp / VISION_DIR, torch.float16, backbone=packaged)
