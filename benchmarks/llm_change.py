@@ -79,31 +79,14 @@ def tokens_per_second(model, processor, pairs, batch_size: int, max_new_tokens: 
 
 
 def real_tiles(realdata: Path, size: int, limit: int):
-    """Up to ``limit`` ``(set, before, after, label)`` tiles of the real held-out splits (uint8 arrays;
-    label: change ids with ``IGNORE_INDEX`` where unlabelled), mostly labelled ones only."""
-    from real_change import REAL_SETS
-
-    from changescope.data.mix import tile_starts
-    from changescope.data.readers import open_dataset
-    from changescope.data.sample import IGNORE_INDEX
+    """Up to ``limit`` ``(set, before, after, label)`` of ``retrieval_quality.tiles`` (the real held-out
+    splits; uint8 arrays, ``IGNORE_INDEX`` where unlabelled), spread over the sets."""
+    from retrieval_quality import tiles
 
     found = []
-    for name, folder, fmt, split, _ in REAL_SETS:
-        dataset = open_dataset(realdata / folder, split, fmt)
-        for index in range(len(dataset)):
-            sample = dataset[index]
-            image, mask = sample["image"], sample["mask"]
-            h, w = mask.shape
-            if h < size or w < size:
-                continue
-            for y in tile_starts(h, size, size):
-                for x in tile_starts(w, size, size):
-                    label = mask[y : y + size, x : x + size]
-                    if (label == IGNORE_INDEX).float().mean() > 0.5:
-                        continue
-                    crop = image[..., y : y + size, x : x + size]
-                    before, after = ((crop[t].permute(1, 2, 0) * 255).round().byte().numpy() for t in (0, -1))
-                    found.append((name, before, after, label.numpy()))
+    for name, crop, label in tiles(realdata, size):
+        before, after = ((crop[t].permute(1, 2, 0) * 255).round().byte().numpy() for t in (0, -1))
+        found.append((name, before, after, label.numpy()))
     step = max(1, len(found) // limit)  # spread over the sets, not the first set's tiles alone
     return found[::step][:limit]
 

@@ -38,7 +38,8 @@ from changescope.tasks.inference import Decoding, load
 
 
 def tiles(realdata: Path, size: int):
-    """``(set name, tile pair [2, 3, size, size], description)`` for every mostly labelled tile."""
+    """``(set name, tile pair [2, 3, size, size], label tile [size, size])`` for every mostly labelled tile
+    (``IGNORE_INDEX`` where unlabelled); ``benchmarks/llm_change.py`` asks its questions of the same tiles."""
     from real_change import REAL_SETS
 
     for name, folder, fmt, split, _ in REAL_SETS:
@@ -54,7 +55,7 @@ def tiles(realdata: Path, size: int):
                     label = mask[y : y + size, x : x + size]
                     if (label == IGNORE_INDEX).float().mean() > 0.5:
                         continue
-                    yield name, image[..., y : y + size, x : x + size], describe_mask(label)
+                    yield name, image[..., y : y + size, x : x + size], label
 
 
 def chance(relevant: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -81,10 +82,10 @@ def main() -> None:
     model, processor, _ = load(args.model)
     model.require("retrieval")
     names, pairs, texts = [], [], []
-    for name, pair, text in tiles(args.realdata, processor.image_size):
+    for name, pair, label in tiles(args.realdata, processor.image_size):
         names.append(name)
         pairs.append(pair)
-        texts.append(text)
+        texts.append(describe_mask(label))
     vectors, captions = [], []
     for start in range(0, len(pairs), 32):
         out = model(torch.stack(pairs[start : start + 32]), masks=False)
