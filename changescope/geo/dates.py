@@ -121,14 +121,19 @@ def _found(path: str | Path) -> StackDate:
     return found
 
 
+def given_dates(given: Sequence[str], files: int, order: str = "") -> list[StackDate]:
+    """``--dates``: one date per file, each YYYY-MM-DD, YYYYMMDD or YYYY."""
+    if len(given) != files:
+        raise ChangescopeError(
+            f"--dates has {len(given)} dates for {files} files: give one date per file{order}"
+        )
+    return [_given(str(text)) for text in given]
+
+
 def stack_dates(paths: Sequence[str | Path], given: Sequence[str] | None = None) -> list[StackDate]:
     """One date per file (module docstring), checked to increase from file to file."""
     if given is not None:
-        if len(given) != len(paths):
-            raise ChangescopeError(
-                f"--dates has {len(given)} dates for {len(paths)} files: give one date per file, oldest first"
-            )
-        dates = [_given(str(text)) for text in given]
+        dates = given_dates(given, len(paths), ", oldest first")
     else:
         dates = [_found(path) for path in paths]
     for (path0, date0), (path1, date1) in pairwise(zip(paths, dates, strict=True)):
@@ -162,11 +167,7 @@ def image_dates(
     (``order``: indices into ``paths``, oldest first; the dates in that order), or (the given order, None)
     when no file has a date. Some files dated and some not, or two files of one date, is an error."""
     if given is not None:
-        if len(given) != len(paths):
-            raise ChangescopeError(
-                f"--dates has {len(given)} dates for {len(paths)} files: give one date per file"
-            )
-        found = [_given(str(text)) for text in given]
+        found = given_dates(given, len(paths))
     else:
         found = [_metadata_or_name(path) for path in paths]
     if all(date is None for date in found):

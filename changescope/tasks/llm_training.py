@@ -204,7 +204,8 @@ def train_llm(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         loaders.append(DataLoader(items, options.batch_size, shuffle=shuffle, collate_fn=collate(processor)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{options.preset}: {model.config.lm_source}, {trainable:,} trainable parameters", flush=True)
-    task = LLMTask(model, processor, options, options.lr if options.lr != 2e-4 else spec["lr"])
+    default_lr = TrainOptions.__dataclass_fields__["lr"].default
+    task = LLMTask(model, processor, options, spec["lr"] if options.lr == default_lr else options.lr)
     export = ExportBestLLM(out, options)
     trainer = pl.Trainer(
         default_root_dir=out,
