@@ -143,18 +143,22 @@ def _llm_pairs(inputs: list[str], usage: str) -> list:
 
 
 def _describe_llm(path: Path, inputs: list[str], out: Path | None, as_json: bool, batch_size: int) -> None:
-    """``describe`` with a ChangeLLM: its reply to the describe prompt, batched."""
+    """``describe`` with a ChangeLLM: its reply to the describe prompt, batched; a reply that states a number
+    or whether anything changed carries its vision model's change-mask reading (``tasks.llm_evidence``)."""
     from changescope.fileio import write_text_atomic
     from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import DESCRIBE, cite_replies, masks
     from changescope.tasks.llm_inference import describe as llm_describe
 
     pairs = _llm_pairs(inputs, "give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
     _output_file(out, "--out")
     model, processor = load_change_llm(path)
-    said = llm_describe(model, processor, [(a, b) for _, a, b in pairs], batch_size=batch_size)
+    files = [(a, b) for _, a, b in pairs]
+    said = llm_describe(model, processor, files, batch_size=batch_size)
+    checked = cite_replies([DESCRIBE] * len(said), said, masks(model, processor, files))
     rows = [
-        {"id": i, "caption": c, "model": str(path), "source": "change-llm"}
-        for (i, _, _), c in zip(pairs, said, strict=True)
+        {"id": i, "caption": c, "cited": text, "citation": cite, "model": str(path), "source": "change-llm"}
+        for (i, _, _), c, (text, cite) in zip(pairs, said, checked, strict=True)
     ]
     if out is not None:
         write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
@@ -163,24 +167,33 @@ def _describe_llm(path: Path, inputs: list[str], out: Path | None, as_json: bool
         _echo_json(rows[0] if len(inputs) == 2 else rows)
     else:
         for row in rows:
-            typer.echo(row["caption"] if len(rows) == 1 else f"{row['id']}\t{row['caption']}")
+            typer.echo(row["cited"] if len(rows) == 1 else f"{row['id']}\t{row['cited']}")
 
 
 def _ask_llm(path: Path, inputs: list[str], question: str, as_json: bool) -> None:
-    """``ask`` with a ChangeLLM: the model sees the pair and answers in words (no mask, no closed head)."""
+    """``ask`` with a ChangeLLM: the model sees the pair and answers in words; a number it states is shown
+    beside its vision model's change-mask reading."""
     from changescope.models.llm_hub import load_change_llm
-    from changescope.tasks.llm_inference import reply
+    from changescope.tasks.llm_inference import ChangeLLMChat
 
     if len(inputs) != 2:
         raise typer.BadParameter('a ChangeLLM answers about one pair: give BEFORE AFTER "QUESTION"')
     ((_, before, after),) = _llm_pairs(inputs, "give BEFORE AFTER")
-    model, processor = load_change_llm(path)
-    answer = reply(model, processor, [(before, after)], [question])[0]
-    result = {"question": question, "answer": answer, "source": "change-llm", "model": str(path)}
+    chat = ChangeLLMChat(*load_change_llm(path))
+    chat.set_images(before, after)
+    said = chat.ask(question)
+    result = {
+        "question": question,
+        "answer": said["answer"],
+        "cited": said["reply"],
+        "citation": said["citation"],
+        "source": "change-llm",
+        "model": str(path),
+    }
     if as_json:
         _echo_json(result)
     else:
-        typer.echo(answer)
+        typer.echo(said["reply"])
 
 
 def _check_llm_url(url: str | None) -> None:
@@ -419,12 +432,17 @@ def evaluate(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
     precision: str | None = _precision_option(),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Score only the split's first N pairs (a quick look; papers use whole splits)."
+    ),
 ) -> None:
     """Run MODEL on a dataset split and print the paper-style tables of every task it shares with the data.
 
     Captions are scored as `changescope score` does; change masks by per-class IoU / F1 / precision /
     recall and mIoU with and without background; questions (records.jsonl, CDVQA) by OA, AA and accuracy
-    per question type; grounding queries by mIoU and cIoU.
+    per question type; grounding queries by mIoU and cIoU. A ChangeLLM (`train --preset llm-*`) is asked
+    to describe each pair and each question; its replies are mapped to the closed answers and scored on
+    the same tables, and the numbers it states are checked against its vision model's change mask.
     """
     from changescope.fileio import write_json_atomic
     from changescope.metrics.table import (
@@ -443,10 +461,26 @@ def evaluate(
     _input_dir(data)
     _output_file(out, "--out")
     _output_file(predictions, "--predictions")
-    decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
-    result = run_evaluation(
-        model, data, split, format, decoding, meteor=meteor, predictions_out=predictions, precision=precision
-    )
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"--limit must be >= 1, got {limit}")
+    llm = _llm_model(model)
+    if llm is not None:
+        from changescope.tasks.llm_evaluation import evaluate_llm
+
+        result = evaluate_llm(llm, data, split, format, min(batch_size, 8), meteor, predictions, limit)
+    else:
+        decoding = Decoding(beam_size=beam, length_penalty=length_penalty, batch_size=batch_size)
+        result = run_evaluation(
+            model,
+            data,
+            split,
+            format,
+            decoding,
+            meteor=meteor,
+            predictions_out=predictions,
+            precision=precision,
+            limit=limit,
+        )
     if out is not None:
         write_json_atomic(out, result)
     if as_json:
@@ -465,6 +499,14 @@ def evaluate(
         if "retrieval" in result:
             typer.echo(f"\ntext <-> pair retrieval, split '{result['split']}' (percent):")
             typer.echo(retrieval_table(result["retrieval"]))
+        if result.get("citations", {}).get("n"):
+            cites = result["citations"]
+            per_kind = cites["per_kind"].items()
+            kinds = ", ".join(f"{k} {100 * v['agree']:.1f} % of {v['n']}" for k, v in per_kind)
+            typer.echo(
+                f"\nreplies stating a number or whether anything changed that agree with the vision "
+                f"model's change mask: {100 * cites['agree']:.1f} % of {cites['n']} ({kinds})"
+            )
         vocab = (result["vocab_sha256"] or "none")[:12]
         typer.echo(
             f"model {result['model']} ({result['preset']}), decoding {json.dumps(result['decoding'])}, "
@@ -1542,19 +1584,17 @@ def _chat_llm(path: Path, before: Path, after: Path) -> None:
     import sys
 
     from changescope.models.llm_hub import load_change_llm
-    from changescope.tasks.llm_inference import reply, turns_with
+    from changescope.tasks.llm_inference import ChangeLLMChat
 
-    model, processor = load_change_llm(path)
-    history: list[dict[str, str]] = []
+    chat = ChangeLLMChat(*load_change_llm(path))
+    chat.set_images(before, after)
     typer.echo(f"chatting with {path} about {before.name} -> {after.name}; an empty line ends")
     while True:
         typer.echo("you> ", nl=False)
         line = sys.stdin.readline()
         if not line.strip():
             break
-        answer = reply(model, processor, [(before, after)], [line.strip()], [history])[0]
-        typer.echo(f"llm> {answer}")
-        history = [*turns_with(history, line.strip()), {"from": "gpt", "value": answer}]
+        typer.echo(f"llm> {chat.ask(line.strip())['reply']}")
 
 
 def _split_model_arg(paths: list[str]) -> tuple[str, list[str]]:

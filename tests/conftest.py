@@ -59,3 +59,17 @@ def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "s64"
     generate(root, pairs=64, size=64, seed=5)
     return root
+
+
+@pytest.fixture(scope="session")
+def change_llm(tmp_path_factory):
+    """A saved tiny ChangeLLM (``llm-tiny``: a random Llama, the packaged SmolLM2 tokenizer, the shipped
+    default as its vision model); skipped without the llm extra (peft)."""
+    pytest.importorskip("peft", reason="the llm extra (peft) is not installed")
+    from changescope.models.llm_hub import build_change_llm, save_change_llm
+
+    torch.manual_seed(0)
+    model, processor = build_change_llm("llm-tiny")
+    folder = tmp_path_factory.mktemp("change-llm") / "model"
+    save_change_llm(model.eval(), processor, folder)
+    return folder

@@ -129,6 +129,13 @@ def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys, monkeypat
     assert main(["ask", str(run), *pair, "How many buildings were built?", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["source"] == "change-llm" and isinstance(answer["answer"], str)
+    assert answer["cited"].startswith(answer["answer"]) and "citation" in answer
+    # the classic models' tables from free-text replies: captions, OA / AA, numbers against the mask
+    assert main(["evaluate", str(run), "--data", str(synth), "--limit", "2", "--json", "--no-meteor"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n"] == 2 and scores["limit"] == 2 and "CIDEr-D" in scores
+    assert 0 <= scores["vqa"]["OA"] <= 1 and scores["vqa"]["n"] > 0 and "count" in scores["vqa"]["per_type"]
+    assert scores["citations"]["n"] >= scores["vqa"]["counts"]["change_or_not"]  # each has a citation
     monkeypatch.setattr(sys, "stdin", io.StringIO("what changed?\nhow many buildings?\n\n"))
     assert main(["chat", *pair, "--model", str(run)]) == 0
     assert capsys.readouterr().out.count("llm> ") == 2  # two messages, two replies, then the empty line

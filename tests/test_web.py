@@ -118,3 +118,45 @@ def test_api_docs_render_offline(server, context):
     expect(page.get_by_text("/describe", exact=True)).to_be_visible()
     page.close()
     assert_all_local(context)
+
+
+def test_a_change_llm_answers_the_chat_and_cites_its_mask(change_llm, context, synth, tmp_path):
+    """Served with a ChangeLLM as the model, /chat (REST and the web app's chat tab) is answered by the
+    LLM itself, seeing the session's images; its vision model serves /describe. A change / no-change
+    question always gets the change mask's reading, so the citation is checked whatever the tiny random
+    LM says, against the library's own ChangeLLMChat on the same pair."""
+    from playwright.sync_api import expect
+
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import ChangeLLMChat
+
+    a, b = pair(synth, 1)
+    question = "Did anything change?"
+    library = ChangeLLMChat(*load_change_llm(change_llm))
+    library.set_images(a, b)
+    expected = library.ask(question)
+    assert expected["citation"]["kind"] == "changed" and "[change mask: " in expected["reply"]
+
+    app = create_app(change_llm, workdir=tmp_path / "work", web=True)
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as api:
+        assert api.get("/health").json()["model"] == str(change_llm / "vision")
+        assert api.post("/describe", files=files(a, b)).json()["caption"]
+        session = api.post("/chat/sessions").json()["session"]
+        assert api.post(f"/chat/{session}/images", files=files(a, b)).status_code == 200
+        said = api.post("/chat", json={"session": session, "message": question}).json()
+        assert said["reply"] == expected["reply"] and said["citation"] == expected["citation"]
+        assert [c["name"] for c in said["tool_calls"]] == ["change_mask"]
+
+        page = context.new_page()
+        page.goto(f"{url}/ui/")
+        page.locator("#before input[type=file]").set_input_files(a)
+        page.locator("#after input[type=file]").set_input_files(b)
+        expect(page.locator("#after img")).to_be_visible()
+        page.get_by_role("tab", name="Chat").click()
+        expect(page.get_by_text("ChangeLLM (uses the images above)")).to_be_visible()
+        page.locator("#message textarea").fill(question)
+        page.locator("#message textarea").press("Enter")
+        expect(page.locator("#chatbot").get_by_text("tools called: change_mask")).to_be_visible()
+        shown = page.locator("#chatbot").inner_text()
+        assert f"[change mask: {expected['citation']['objects']} " in shown
+        page.close()

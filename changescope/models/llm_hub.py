@@ -179,8 +179,10 @@ def save_change_llm(
     return Path(directory)
 
 
-def load_change_llm(directory: str | Path) -> tuple[ChangeLLM, ChangeLLMProcessor]:
-    """Rebuild a saved ChangeLLM (eval mode, float32) and its processor; no peft, no download."""
+def load_change_llm(directory: str | Path, vision=None) -> tuple[ChangeLLM, ChangeLLMProcessor]:
+    """Rebuild a saved ChangeLLM (eval mode, float32) and its processor; no peft, no download. ``vision``:
+    ``(model, processor)`` already loaded from ``DIRECTORY/vision`` (a server's shared copy) instead of a
+    second one."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -192,7 +194,7 @@ def load_change_llm(directory: str | Path) -> tuple[ChangeLLM, ChangeLLMProcesso
     config = ChangeLLMConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")))
     lm_config = dict(config.lm_config)
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**lm_config))
-    vision, vision_processor = from_pretrained(directory / VISION_DIR)
+    vision, vision_processor = vision or from_pretrained(directory / VISION_DIR)
     model = ChangeLLM(config, vision, lm)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

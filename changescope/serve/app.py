@@ -38,6 +38,7 @@ from changescope.serve.service import (
     Predictor,
     SceneJobs,
     ServiceError,
+    change_llm_factory,
     default_agent_factory,
     no_archive,
     png_base64,
@@ -100,6 +101,8 @@ class ChatReply(BaseModel):
     session: str
     reply: str
     tool_calls: list[Any]
+    #: a ChangeLLM's reply that states a number: the change mask's reading (``tasks.llm_evidence``)
+    citation: dict[str, Any] | None = None
 
 
 class SessionCreated(BaseModel):
@@ -231,6 +234,15 @@ SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", validatorUrl: null,
 </script></body></html>"""
 
 
+def _change_llm(spec: str | Path) -> Path | None:
+    """The folder of the ChangeLLM ``spec`` names, else None (a plain change model)."""
+    from changescope.models.llm_hub import is_change_llm
+    from changescope.tasks.inference import resolve_model
+
+    path = resolve_model(spec)
+    return path if is_change_llm(path) else None
+
+
 def create_app(
     model: str | Path = "default",
     max_upload_bytes: int = 20 * 2**20,
@@ -241,12 +253,19 @@ def create_app(
     precision: str | None = None,
     index: str | Path | None = None,
 ) -> FastAPI:
-    """The API around ``model`` (loaded once, here). ``workdir`` holds scene jobs and chat sessions (a
-    temporary directory, removed at shutdown, when None). ``agent_factory(session_dir)`` builds a chat
-    agent; None uses ``changescope.agent.build_agent`` with ``agent_options``. ``web`` mounts the Gradio
-    app at ``/ui``. ``precision`` sets the inference autocast of the process's one model. ``index`` (a
-    folder written by ``changescope index`` with this model) is loaded once, here, for ``/search``, the web
-    app's search tab and the chat agent's ``search_archive`` tool; without it ``/search`` answers 404."""
+    """The API around ``model`` (loaded once, here; a ChangeLLM answers ``/chat`` and the web app's chat
+    itself, seeing the session's images, and its vision model serves the other routes). ``workdir`` holds
+    scene jobs and chat sessions (a temporary directory, removed at shutdown, when None).
+    ``agent_factory(session_dir)`` builds a chat agent; None uses ``changescope.agent.build_agent`` with
+    ``agent_options``. ``web`` mounts the Gradio app at ``/ui``. ``precision`` sets the inference autocast
+    of the process's one model. ``index`` (a folder written by ``changescope index`` with this model) is
+    loaded once, here, for ``/search``, the web app's search tab and the chat agent's ``search_archive``
+    tool; without it ``/search`` answers 404."""
+    change_llm = _change_llm(model)
+    if change_llm is not None:  # the LM answers /chat; its vision model serves every other route
+        from changescope.models.llm_hub import VISION_DIR
+
+        model = change_llm / VISION_DIR
     predictor = Predictor(model)
     if precision is not None:
         predictor.model.set_precision(precision)
@@ -257,7 +276,10 @@ def create_app(
     root = Path(tempfile.mkdtemp(prefix="changescope-serve-") if own_workdir else workdir)
     root.mkdir(parents=True, exist_ok=True)
     jobs = SceneJobs(root / "scenes", model)  # the predictor's model: one copy per process
-    chats = ChatSessions(root / "chat", agent_factory or default_agent_factory(**(agent_options or {})))
+    if change_llm is not None and agent_factory is None:
+        chats = ChatSessions(root / "chat", change_llm_factory(change_llm, predictor), label="ChangeLLM")
+    else:
+        chats = ChatSessions(root / "chat", agent_factory or default_agent_factory(**(agent_options or {})))
     limit = max_upload_bytes
 
     @asynccontextmanager

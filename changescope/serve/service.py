@@ -413,6 +413,21 @@ def default_agent_factory(**options: Any) -> AgentFactory:
     return build
 
 
+def change_llm_factory(path: Path, predictor: Predictor) -> AgentFactory:
+    """Chat sessions with the ChangeLLM saved in ``path``, loaded here, once: its vision model is the
+    predictor's (``path/vision``, one copy in memory) and its inference runs under the predictor's lock.
+    Each session is a ``tasks.llm_inference.ChangeLLMChat``: the LM sees the session's images."""
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.llm_inference import ChangeLLMChat
+
+    model, processor = load_change_llm(path, vision=(predictor.model, predictor.processor))
+
+    def build(_session_dir: Path):
+        return ChangeLLMChat(model, processor, lock=predictor._lock)
+
+    return build
+
+
 def _llm_failed(err: Exception) -> bool:
     try:
         from changescope.agent.llm import LLMError
@@ -424,8 +439,10 @@ def _llm_failed(err: Exception) -> bool:
 class ChatSessions:
     """In-memory chat sessions, each with an agent and a directory; the least recently used go first."""
 
-    def __init__(self, root: Path, factory: AgentFactory, max_sessions: int = 64):
+    def __init__(self, root: Path, factory: AgentFactory, max_sessions: int = 64, label: str = "agent"):
         self.root, self.factory, self.max_sessions = root, factory, max_sessions
+        #: who answers, as the web app names it
+        self.label = label
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -478,4 +495,5 @@ class ChatSessions:
             "session": session.id,
             "reply": str(answer.get("reply", "")),
             "tool_calls": list(answer.get("tool_calls", [])),
+            "citation": answer.get("citation"),
         }

@@ -175,7 +175,7 @@ def build(
             answer = gr.Textbox(label="answer", interactive=False)
             grounding = gr.Image(label="where the answer points", format="png", interactive=False)
         with gr.Tab("Chat"):
-            chatbot = gr.Chatbot(label="agent (uses the images above)", elem_id="chatbot")
+            chatbot = gr.Chatbot(label=f"{chats.label} (uses the images above)", elem_id="chatbot")
             message = gr.Textbox(
                 label="message", placeholder="What changed, and how many new buildings?", elem_id="message"
             )

@@ -280,18 +280,19 @@ def evaluate(
     meteor: bool | None = None,
     predictions_out: str | Path | None = None,
     precision: str | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
     gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type), ``grounding`` (mIoU, cIoU) and
     ``retrieval`` (both directions, RSICRC's numbers, changed pairs only, and the caption-embedding
-    baseline)."""
+    baseline). ``limit``: only the split's first pairs (a quick look; papers score whole splits)."""
     from changescope.data.sample import BINARY_CLASSES
-    from changescope.tasks.queries import open_pairs
+    from changescope.tasks.queries import first_pairs, open_pairs
 
     decoding = decoding or Decoding()
     model, processor, path = load(spec, precision)
     dataset, records = open_pairs(data, split, format)
-    records = [r for r in records if r.task in model.tasks]
+    records = first_pairs(dataset, [r for r in records if r.task in model.tasks], limit)
     with_masks = "mask" in model.tasks and dataset.has_masks
     has_references = any(e.captions for e in dataset.entries)
     with_captions = model.decoder is not None and has_references
@@ -329,6 +330,7 @@ def evaluate(
             "data": str(data),
             "split": split,
             "n": len(dataset),
+            "limit": limit,
         }
     )
     return result

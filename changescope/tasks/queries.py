@@ -130,6 +130,16 @@ class RecordPairs(Dataset):
         return {"id": entry.id, "image": to_tensor_pair(a, b), "captions": [], "changed": False}
 
 
+def first_pairs(dataset, records: list[Record], limit: int | None) -> list[Record]:
+    """Keep the first ``limit`` pairs of ``dataset`` (in place) and return the records about them; None
+    keeps everything."""
+    if limit is None:
+        return records
+    dataset.entries = dataset.entries[:limit]
+    kept = {_key(e.images[0]) for e in dataset.entries}
+    return [r for r in records if _key(r.images[0]["path"]) in kept]
+
+
 def open_pairs(data: str | Path, split: str, format: str | None = None, check_files: bool = True):
     """``(pair dataset, its records)``: the reader's pairs, or the records' pairs for question-only data."""
     from changescope.data.mix import MixedPairs, is_mix_file
