@@ -117,12 +117,24 @@ def test_instructions_are_read_off_the_labels(synth, tmp_path):
 def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     argv = ["train", "--preset", "llm-tiny", "--data", str(synth), "--out", str(run), "--epochs", "1"]
-    assert main([*argv, "--batch-size", "4", "--limit-pairs", "8"]) == 0
+    # --freeze backbone: a copy of the change encoder trains too (the vision model itself stays as it was)
+    assert main([*argv, "--batch-size", "4", "--limit-pairs", "8", "--freeze", "backbone"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["model"] == str(run / "model") and 0 <= summary["val/token_accuracy"] <= 1
     assert (run / "instructions" / "train.jsonl").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert all("lora_" in k or k.startswith("model.projector.") for k in checkpoint["state_dict"])
+    trained = checkpoint["state_dict"]
+    assert all("lora_" in k or k.startswith(("model.projector.", "model.encoder.")) for k in trained)
+    from changescope.models.llm_hub import load_change_llm
+    from changescope.tasks.inference import load
+
+    loaded, _ = load_change_llm(run / "model")
+    shipped, _, _ = load("default", "fp32")
+    assert loaded.config.tune_encoder and loaded.encoder is not None
+    tuned = dict(loaded.encoder.state_dict())
+    for name, weight in loaded.vision.encoder.state_dict().items():  # the vision model is the shipped one
+        assert torch.equal(weight, shipped.encoder.state_dict()[name].to(weight.dtype)), name
+    assert any(not torch.equal(tuned[n], w.float()) for n, w in shipped.encoder.state_dict().items())
     a = synth / "images/test/A"
     first = sorted(a.iterdir())[0]
     pair = [str(first), str(synth / "images/test/B" / first.name)]

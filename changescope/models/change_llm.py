@@ -20,6 +20,7 @@ LM's own), ``model.safetensors`` (projector and LM), ``vision/`` (the change mod
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,6 +49,9 @@ class ChangeLLMConfig:
     grid: int = 4
     #: LoRA settings the model was tuned with (already merged into the saved LM weights)
     lora: dict[str, Any] = field(default_factory=dict)
+    #: the change tokens come from the LLM's own, tuned copy of the vision model's change encoder (saved
+    #: under ``encoder.``); the vision model and its heads keep the original
+    tune_encoder: bool = False
     system_prompt: str = "You compare two remote-sensing images of one place, an earlier and a later one."
     max_new_tokens: int = 48
     architecture: str = "change-llm"
@@ -98,13 +102,16 @@ class ChangeProjector(nn.Module):
 
 
 class ChangeLLM(nn.Module):
-    """``vision`` (a frozen :class:`~changescope.models.change_model.ChangeModel`), ``projector``, ``lm``."""
+    """``vision`` (a frozen :class:`~changescope.models.change_model.ChangeModel`), ``projector``, ``lm``;
+    with ``config.tune_encoder``, ``encoder``: a trainable copy of the vision model's change encoder."""
 
     def __init__(self, config: ChangeLLMConfig, vision: nn.Module, lm: nn.Module):
         super().__init__()
         self.config, self.vision, self.lm = config, vision, lm
         hidden = lm.get_input_embeddings().embedding_dim
         self.projector = ChangeProjector(config.memory_dim, config.level_dim, hidden, config.grid)
+        # a copy, so the vision model's own heads (its masks, the citations) keep the tokens they learned on
+        self.encoder = copy.deepcopy(vision.encoder).requires_grad_(True) if config.tune_encoder else None
         self.vision.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> ChangeLLM:
@@ -122,6 +129,8 @@ class ChangeLLM(nn.Module):
 
     def visual_embeds(self, images: Tensor | None = None, features: tuple[Tensor, Tensor] | None = None):
         memory, last = self.vision_features(images) if features is None else features
+        if self.encoder is not None:  # the tuned copy reads each date's last level (fp32, as the vision's)
+            memory = self.encoder(last[:, 0].float(), last[:, 1].float())
         embeds = self.projector(memory, last)
         return embeds.to(self.lm.get_input_embeddings().weight.dtype)
 

@@ -117,9 +117,12 @@ def add_lora(lm, lora: dict[str, Any]):
     return get_peft_model(lm, config)
 
 
-def build_change_llm(preset: str, vision: str = "default", lm_source: str | None = None):
-    """A new ChangeLLM: the change model ``vision`` (frozen), a fresh projector, the preset's LM with LoRA.
-    Returns ``(model, processor)``."""
+def build_change_llm(
+    preset: str, vision: str = "default", lm_source: str | None = None, tune_encoder: bool = False
+):
+    """A new ChangeLLM: the change model ``vision`` (frozen), a fresh projector, the preset's LM with LoRA;
+    ``tune_encoder``: a trainable copy of the vision model's change encoder too. Returns ``(model,
+    processor)``."""
     from changescope.tasks.inference import load
 
     if preset not in LLM_PRESETS:
@@ -137,6 +140,7 @@ def build_change_llm(preset: str, vision: str = "default", lm_source: str | None
         level_dim=vision_model.backbone.channels[-1],
         grid=spec["grid"],
         lora=dict(spec["lora"]),
+        tune_encoder=tune_encoder,
     )
     model = ChangeLLM(config, vision_model, add_lora(lm, spec["lora"]))
     return model, ChangeLLMProcessor(tokenizer, config.system_prompt, vision_processor)
@@ -161,6 +165,8 @@ def save_change_llm(
     lm = _merged_lm(model.lm)
     state = {f"projector.{k}": v for k, v in model.projector.state_dict().items()}
     state.update({f"lm.{k}": v for k, v in lm.state_dict().items()})
+    if model.encoder is not None:
+        state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
     for name, tensor in state.items():
         tensor = tensor.detach().cpu()
         if dtype is not None and tensor.is_floating_point():
@@ -200,7 +206,7 @@ def load_change_llm(directory: str | Path, vision=None) -> tuple[ChangeLLM, Chan
     if not weights.is_file():
         raise DataError(weights, "weights file not found")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    own = {k: v for k, v in state.items() if k.startswith(("projector.", "lm."))}
+    own = {k: v for k, v in state.items() if k.startswith(("projector.", "lm.", "encoder."))}
     result = model.load_state_dict(own, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("vision.")]
     if missing or result.unexpected_keys:

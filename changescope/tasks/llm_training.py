@@ -3,7 +3,9 @@
 The same command, run folder and files as every other model (``RUN/model``, ``RUN/checkpoints/last.ckpt``,
 ``RUN/metrics.jsonl``, ``--resume``), with its own Lightning module: the vision model is frozen, so its
 features are computed once per pair (``--cache-features``, the default) and only the projector and the
-LoRA adapters learn. ``--data`` is a folder of ``changescope-instructions`` files (``train.jsonl``,
+LoRA adapters learn; with ``--freeze backbone`` a copy of the vision model's change encoder learns too
+(from the cached last backbone level: the "partly tuned vision" of the LLaVA-style change models).
+``--data`` is a folder of ``changescope-instructions`` files (``train.jsonl``,
 ``val.jsonl``) or a dataset with change masks (SynthChange, a CD folder), whose instructions are then
 written into ``RUN/instructions`` first (``data.instructions.write_instructions``). The best model by
 validation next-token accuracy on the assistant's turns is exported merged (``models.llm_hub``).
@@ -26,7 +28,7 @@ from changescope.errors import ChangescopeError, DataError, require_all
 from changescope.fileio import write_json_atomic
 from changescope.models.llm_hub import LLM_PRESETS, build_change_llm, save_change_llm
 from changescope.tasks.callbacks import AtomicCheckpoint, MetricsLog
-from changescope.tasks.train_options import TrainOptions
+from changescope.tasks.train_options import TrainOptions, parse_freeze
 
 MONITOR = "val/token_accuracy"
 
@@ -169,6 +171,20 @@ class ExportBestLLM(pl.Callback):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
 
 
+def tunes_encoder(options: TrainOptions) -> bool:
+    """``--freeze backbone`` (the encoder not named) tunes a copy of the vision model's change encoder; the
+    backbone stays fixed for every LLM preset, and the vision model itself is never changed."""
+    fixed = parse_freeze(options.freeze)
+    if fixed is None or "encoder" in fixed:
+        return False
+    if "backbone" not in fixed:
+        raise ChangescopeError(
+            "LLM presets keep the vision backbone fixed: --freeze backbone tunes a copy of the change "
+            "encoder, no --freeze keeps the whole vision model fixed"
+        )
+    return True
+
+
 def train_llm(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
     """Instruction-tune a ChangeLLM: the vision model is ``--init`` (default: the shipped default)."""
     out = Path(options.out)
@@ -187,7 +203,8 @@ def train_llm(options: TrainOptions, resume: bool = False) -> dict[str, Any]:
         require_all(("transformers", "peft", "gguf", "accelerate"), "llm", f"--preset {options.preset}")
     pl.seed_everything(options.seed, workers=True, verbose=False)
     spec = LLM_PRESETS[options.preset]
-    model, processor = build_change_llm(options.preset, options.init or "default", options.llm)
+    vision_init = options.init or "default"
+    model, processor = build_change_llm(options.preset, vision_init, options.llm, tunes_encoder(options))
     if not resume:  # the run folder appears once the model could be built
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {"options": asdict(options), "kind": "change-llm"})

@@ -218,7 +218,8 @@ class TrainOptions:
         "Parts kept fixed: 'none' or a comma-separated subset of "
         + ", ".join(FREEZABLE)
         + " (default: with --init, the change encoder when the init model has heads this run does not "
-        "train, so they keep their inputs).",
+        "train, so they keep their inputs). LLM presets: the vision model is fixed; --freeze backbone "
+        "tunes a copy of its change encoder.",
     )
     augment: bool = option(
         True, "Random quarter turns and mirrors of cached features and masks in mask-only training."
