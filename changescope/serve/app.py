@@ -439,7 +439,9 @@ def create_app(
         session = await run_in_threadpool(chats.open, None)
         return {"session": session.id}
 
-    @app.post("/chat", response_model=ChatReply, responses=_errors(404, 502, 503))
+    @app.post(
+        "/chat", response_model=ChatReply, response_model_exclude_none=True, responses=_errors(404, 502, 503)
+    )
     async def chat(body: ChatRequest) -> dict[str, Any]:
         """One message to the session's agent: its reply and the tools it called."""
         session = await run_in_threadpool(chats.open, body.session)
