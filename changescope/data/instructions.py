@@ -10,7 +10,8 @@ Each pair becomes one multi-turn conversation in the ``changescope-instructions`
 Every answer is read off the pair's labels, never invented: a caption (one of the references), yes / no
 and counts from its question records (SynthChange's ``records.jsonl``), where the change is on a 3 x 3 grid
 and how much of the image changed from its change mask. The first turn describes the change or says
-whether there is one; one to three follow-ups come after. Deterministic per seed.
+whether there is one, or (a quarter of the conversations) is one question record on its own, the way
+``ask`` and a VQA evaluation pose it; one to three follow-ups come after. Deterministic per seed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,20 @@ AREA_PROMPT = "How much of the image changed?"
 CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 #: a cell holds change when at least this share of its pixels changed
 CELL_SHARE = 0.02
-#: the question records' types that make follow-up turns (closed answers a user can check)
-FOLLOW_UP_TYPES = ("count", "increase_or_not", "decrease_or_not", "change_to_what", "largest_change")
+#: the question records' types that make turns (closed answers a user can check): all of SynthChange's
+FOLLOW_UP_TYPES = (
+    "change_or_not",
+    "count",
+    "increase_or_not",
+    "decrease_or_not",
+    "change_to_what",
+    "largest_change",
+    "smallest_change",
+    "change_ratio",
+    "change_ratio_types",
+)
+#: the share of conversations that open with one question record instead of a caption / did-it-change turn
+QUESTION_FIRST = 0.25
 
 
 def grid_answer(changed: np.ndarray) -> str:
@@ -69,20 +82,30 @@ def _answer_text(record) -> str:
     return str(record.answer).replace("_", " ")
 
 
+def _asked(record, rng: random.Random) -> str:
+    """A question record's text as a user might type it: as written, or capitalised."""
+    question = record.question
+    return question[:1].upper() + question[1:] if rng.random() < 0.5 else question
+
+
 def conversation(
     captions: list[str], changed: np.ndarray, records: list, rng: random.Random
 ) -> tuple[list[dict[str, str]], list[str]]:
     """One pair's turns and their kinds (see the module docstring)."""
     turns: list[tuple[str, str, str]] = []
     any_change = bool(changed.any())
-    if rng.random() < 0.75 and captions:
+    follow = [r for r in records if r.qtype in FOLLOW_UP_TYPES and r.answer is not None]
+    rng.shuffle(follow)
+    first = rng.random()
+    if first < QUESTION_FIRST and follow:  # one question alone, as `ask` and VQA evaluation pose it
+        record = follow.pop()
+        turns.append((record.qtype, _asked(record, rng), _answer_text(record)))
+    elif first < QUESTION_FIRST + 0.55 and captions:
         turns.append(("caption", rng.choice(CAPTION_PROMPTS), rng.choice(captions)))
     else:
         turns.append(("changed", rng.choice(CHANGED_PROMPTS), "yes" if any_change else "no"))
-    follow = [r for r in records if r.qtype in FOLLOW_UP_TYPES and r.answer is not None]
-    rng.shuffle(follow)
     extra = [("grid", GRID_PROMPT, grid_answer(changed)), ("area", AREA_PROMPT, area_answer(changed))]
-    extra += [(r.qtype, r.question[:1].upper() + r.question[1:], _answer_text(r)) for r in follow[:2]]
+    extra += [(r.qtype, _asked(r, rng), _answer_text(r)) for r in follow[:2]]
     rng.shuffle(extra)
     turns += extra[: rng.randint(1, 3)]
     out = []
