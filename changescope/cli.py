@@ -1467,7 +1467,12 @@ def hits_geojson(hits: list[dict]) -> dict:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    model: str = typer.Option("default", "--model", help="Model directory, run directory or 'default'."),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        help="Model directory, run directory or 'default'; a ChangeLLM (train --preset llm-*) answers /chat "
+        "and the web app's chat itself, its vision model the other routes.",
+    ),
     max_upload_mb: int = typer.Option(20, "--max-upload-mb", help="Largest accepted upload, per file."),
     llm_url: str | None = typer.Option(
         None, "--llm-url", help="OpenAI-compatible server for /chat (default: the local SmolLM2)."
