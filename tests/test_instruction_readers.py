@@ -3,6 +3,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from changescope.cli import main
 from changescope.data.readers import FORMATS, detect_format, open_dataset
-from changescope.data.readers.instructions import normalise_placeholder
+from changescope.data.readers.instructions import ChangeIMTI, normalise_placeholder
 from changescope.data.sample import collate, validate_sample
 from changescope.errors import DataError
 
@@ -125,6 +126,86 @@ def test_qag_questions_carry_answer_and_mask(roots):
         assert sample["mask"].dtype == torch.long and np.array_equal(sample["mask"].numpy(), expected)
 
 
+def test_changeimti_reads_both_splits_with_tasks_and_the_later_turns_as_released(roots):
+    root = roots["changeimti"]
+    raw = json.loads((root / "train_task_data" / "mul.json").read_text())
+    assert raw[0]["images"][0].startswith("/data/coding/") and "id" not in raw[0]  # as released
+    for split, rows in mi.CHANGEIMTI_EXPECTED.items():
+        dataset = open_dataset(root, split, format="changeimti")
+        samples = _samples(root, split, "changeimti")
+        assert [(s["id"], s["task"]) for s in samples] == [(row[0], row[4]) for row in rows]
+        assert len(samples) == sum(len(records) for records in mi.CHANGEIMTI_FILES[split].values())
+        for entry, sample in zip(dataset.entries, samples, strict=True):
+            task, index = sample["id"].split("/")[1:]
+            record = mi.CHANGEIMTI_FILES[split][task][int(index)]
+            assert sample["conversations"][1:] == record["conversations"][1:]
+            tails = [p.split("/images/")[-1] for p in record["images"]]
+            assert entry.images == [root / "images" / t for t in tails]
+            assert set(sample) == {"id", "image", "conversations", "task"}
+    (mul,) = [s for s in _samples(root, "train", "changeimti") if s["task"] == "mul"]
+    assert len(mul["conversations"]) == 8
+    assert mul["conversations"][0]["value"] == (
+        "Have there been any changes to the roads and buildings in these two images:<image>?"
+    )
+    assert open_dataset(root, "test").notes == []
+
+
+def test_changeimti_finds_images_as_written_relative_or_under_image_root(copy_of, tmp_path):
+    root = copy_of("changeimti")
+    mul = root / "train_task_data" / "mul.json"
+    written = json.loads(mul.read_text())[0]["images"]
+    levir = tmp_path / "LEVIR-MCI-dataset" / "images"
+    levir.parent.mkdir()
+    shutil.move(root / "images", levir)
+    # found nowhere: the place looked in, the file and record that list it, the path as written
+    with pytest.raises(DataError) as caught:
+        open_dataset(root, "train", format="changeimti")
+    first = root / "images" / "train" / "A" / "train_000001.png"
+    assert str(caught.value) == (
+        f"{first}: file not found (listed by {root / 'train_task_data' / 'caption.json'}: record 0 "
+        f"as '{written[0]}', which is not there either)"
+    )
+    # under image_root
+    dataset = ChangeIMTI(root, "train", image_root=levir)
+    assert all(p.is_relative_to(levir) and p.is_file() for e in dataset.entries for p in e.images)
+    # the path as written, when it is there
+    here = [str(levir / p.split("/images/")[-1]) for p in written]
+    _rewrite_json(mul, lambda records: records[0].update(images=here))
+    entry = ChangeIMTI(root, "train", check_files=False).entries[-1]
+    assert entry.images == [Path(p) for p in here] and entry.written == {}
+    # relative paths: to ROOT, else their images/ tail (all of one without it) under ROOT/images
+    shutil.move(levir, root / "images")
+    relative = ["images/train/A/train_000001.png", "train/B/train_000001.png"]
+    _rewrite_json(mul, lambda records: records[0].update(images=relative))
+    entry = ChangeIMTI(root, "train").entries[-1]
+    assert entry.images == [root / "images" / "train" / ab / "train_000001.png" for ab in "AB"]
+
+
+@pytest.mark.parametrize(
+    "run", ["<image> and <image>", "<image><image>", "<image> <image>", "<image>and <image>"]
+)
+def test_changeimti_placeholder_runs_become_one_image_token(run):
+    turns = [{"from": "human", "value": f"How many roads changed in these two images:{run}?"}]
+    turns.append({"from": "gpt", "value": "2"})
+    normalised = normalise_placeholder("f.json: record 0", turns, ChangeIMTI.placeholder_run)
+    assert normalised[0]["value"] == "How many roads changed in these two images:<image>?"
+
+
+def test_changeimti_leaves_a_split_without_its_folder_out(copy_of, capsys):
+    root = copy_of("changeimti")
+    shutil.rmtree(root / "test_task_data")
+    (root / "train_task_data" / "count.json").write_text("[]")
+    with pytest.raises(DataError, match="test_task_data: file not found"):
+        open_dataset(root, "test")
+    assert detect_format(root) == "changeimti"
+    report = _check(root, capsys)
+    assert report["ok"] and set(report["splits"]) == {"train"}
+    assert report["warnings"] == [
+        f"{root / 'train_task_data' / 'count.json'}: not read (not one of the ChangeIMTI task files)",
+        f"split left out: {root / 'test_task_data'}: file not found (the folder of this split's task files)",
+    ]
+
+
 @pytest.mark.parametrize(
     "text, normalised",
     [
@@ -171,6 +252,14 @@ def _no_answer(data):
     del data["question"][2]["answer"]
 
 
+def _imti_later_placeholder(records):
+    records[0]["conversations"][4]["value"] += " <image>"
+
+
+def _imti_no_conversations(records):
+    del records[1]["conversations"]
+
+
 BROKEN = {
     "gpt first": (
         "changescope-instructions",
@@ -204,6 +293,18 @@ BROKEN = {
         ": record 1: 'timestamp' must list one date per frame (3), got 2",
     ),
     "no answer": ("qag-360k", "train/json/Train.json", _no_answer, ": question 2: missing field 'answer'"),
+    "changeimti later placeholder": (
+        "changeimti",
+        "train_task_data/mul.json",
+        _imti_later_placeholder,
+        ": record 0: conversations[4] holds an image placeholder; only the first turn may",
+    ),
+    "changeimti no conversations": (
+        "changeimti",
+        "train_task_data/loc_road.json",
+        _imti_no_conversations,
+        ": record 1: missing field 'conversations'",
+    ),
 }
 
 
@@ -265,6 +366,23 @@ def test_data_check_lists_missing_and_unreadable_files(copy_of, capsys):
     assert report["error_counts"] == {"missing file": 1, "image": 1}
     assert report["errors"][0] == str(caught.value)
     assert "synth-002/t1.png: not a readable image" in report["errors"][1]
+
+
+def test_data_check_names_a_changeimti_image_found_nowhere(copy_of, capsys):
+    root = copy_of("changeimti")
+    missing = root / "images" / "test" / "B" / "test_000001.png"
+    missing.unlink()
+    with pytest.raises(DataError) as caught:
+        open_dataset(root, "test")
+    text = str(caught.value)
+    written = mi.CHANGEIMTI_PREFIX + "test/B/test_000001.png"
+    listed = f"{root / 'test_task_data' / 'binary_class.json'}: record 0"
+    assert "\n" not in text
+    assert text == f"{missing}: file not found (listed by {listed} as '{written}', which is not there either)"
+    report = _check(root, capsys, code=1)
+    # every test record is of that pair: one error each, the first as the reader raises it
+    assert report["error_counts"] == {"missing file": len(mi.CHANGEIMTI_EXPECTED["test"])}
+    assert report["errors"][0] == text and report["splits"]["train"]["pairs"] == 11
 
 
 def test_data_check_names_a_mask_of_the_wrong_size_and_a_repeated_id(copy_of, capsys):

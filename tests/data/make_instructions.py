@@ -19,6 +19,12 @@
 ``make_qag``
     QAG-360K as VisTA reads it: ``{train,val}/json/{Train,Val}.json``, ``image/im1``, ``image/im2``,
     ``mask/<id>.png`` (one empty: the visual answer "no change"); no ``test`` (it is released on request).
+``make_changeimti``
+    ChangeIMTI as ChangeVG's ``deal_data/deal_data.ipynb`` writes it: ``train_task_data/`` with the seven
+    task files, ``test_task_data/`` with six (no ``caption.json``), JSON lists dumped with ``indent=4``,
+    records of ``conversations`` + ``images`` (no id) holding the authors' absolute paths
+    (``/data/coding/datasets/LEVIR-MCI-dataset/images/...``, not there), the prompts as the notebook writes
+    them (``<image> and <image>``); LEVIR-MCI's ``images/{train,test}/{A,B}`` at ROOT/images.
 
 Images are ``H`` x ``W`` = 12 x 16 (never square) of one colour each; the green channel is the date index
 times 60, so the image order can be read back from the pixels. What each fixture holds is in its
@@ -47,9 +53,9 @@ def _png(path: Path, date_index: int, shade: int = 0) -> None:
     Image.new("RGB", (W, H), (shade, 60 * date_index, 100)).save(path)
 
 
-def _dump(path: Path, data) -> None:
+def _dump(path: Path, data, indent: int = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(data, indent=indent, ensure_ascii=False), encoding="utf-8")
 
 
 def _turns(*pairs: str) -> list[dict[str, str]]:
@@ -481,12 +487,123 @@ def make_qag(root: Path) -> Path:
     return root
 
 
+# --------------------------------------------------------------------------------------------------
+# ChangeIMTI (ChangeVG)
+# --------------------------------------------------------------------------------------------------
+#: where the authors' LEVIR-MCI images were (deal_data.ipynb); not on this machine
+CHANGEIMTI_PREFIX = "/data/coding/datasets/LEVIR-MCI-dataset/images/"
+#: (split folder of LEVIR-MCI, file name) of each pair, by the name the records below use
+CHANGEIMTI_PAIRS = {
+    "changed": ("train", "train_000001.png"),
+    "unchanged": ("train", "train_000002.png"),
+    "test": ("test", "test_000001.png"),
+}
+_IMTI_CAPTION = "Please describe the changes in <image> and <image>"
+_IMTI_REFER = "Please refer to this description:{}.Modify or correct it."
+_IMTI_BINARY = (
+    "Please check if there have been any changes to the roads or buildings in these two images:"
+    "<image> and <image>. Please answer yes or no."
+)
+_IMTI_COUNT = "How many {} have been changed in these two images:<image> and <image>"
+_IMTI_LOC = "Please tell me where the {} have changed in these two images:<image> and <image>"
+_IMTI_NO_CHANGE = ",if no change please output: No change."
+_IMTI_MUL = "Have there been any changes to the roads and buildings in these two images:<image> and <image>?"
+
+
+def _imti(pair: str, *turns: str) -> dict:
+    """One record as ``get_single_data`` / ``get_multi_data`` build it."""
+    folder, name = CHANGEIMTI_PAIRS[pair]
+    images = [f"{CHANGEIMTI_PREFIX}{folder}/A/{name}", f"{CHANGEIMTI_PREFIX}{folder}/B/{name}"]
+    return {"conversations": _turns(*turns), "images": images}
+
+
+def _imti_mul(pair: str, is_: str, roads: tuple[str, str], buildings: tuple[str, str], caption: str) -> dict:
+    return _imti(pair, _IMTI_MUL, is_, *roads, *buildings, "Please describe the changes.", caption)
+
+
+CHANGEIMTI_FILES = {
+    "train": {
+        "caption": [
+            _imti(
+                "changed",
+                _IMTI_REFER.format("a road is built") + _IMTI_CAPTION,
+                "a road is built across the bareland",
+            ),
+            _imti("unchanged", _IMTI_CAPTION, "the scene is the same as before"),
+        ],
+        "binary_class": [_imti("changed", _IMTI_BINARY, "Yes"), _imti("unchanged", _IMTI_BINARY, "No")],
+        "count_road": [
+            _imti("changed", _IMTI_COUNT.format("roads"), "2"),
+            _imti("unchanged", _IMTI_COUNT.format("roads"), "0"),
+        ],
+        "count_build": [_imti("changed", _IMTI_COUNT.format("buildings"), "0")],
+        "loc_road": [
+            _imti("changed", _IMTI_LOC.format("roads") + _IMTI_NO_CHANGE, "top left corner,center"),
+            _imti("unchanged", _IMTI_LOC.format("roads") + _IMTI_NO_CHANGE, "No change"),
+        ],
+        "loc_build": [_imti("changed", _IMTI_LOC.format("buildings") + _IMTI_NO_CHANGE, "No change")],
+        "mul": [
+            _imti_mul(
+                "changed",
+                "Yes",
+                ("How many roads have been changed in these two images?", "2"),
+                ("Please tell me where the buildings have changed in these two images", "No change"),
+                "a road is built across the bareland",
+            )
+        ],
+    },
+    "test": {
+        "binary_class": [_imti("test", _IMTI_BINARY, "Yes")],
+        "count_road": [_imti("test", _IMTI_COUNT.format("roads"), "0")],
+        "count_build": [_imti("test", _IMTI_COUNT.format("buildings"), "3")],
+        "loc_road": [_imti("test", _IMTI_LOC.format("roads") + _IMTI_NO_CHANGE, "No change")],
+        "loc_build": [_imti("test", _IMTI_LOC.format("buildings"), "top right corner,lower")],
+        "mul": [
+            _imti_mul(
+                "test",
+                "Yes",
+                ("How many roads have been changed in these two images?", "0"),
+                ("How many buildings have been changed in these two images?", "3"),
+                "three houses are built",
+            )
+        ],
+    },
+}
+#: split -> [(id, images, turns, first turn as normalised, task)], in the reader's task order
+CHANGEIMTI_EXPECTED = {
+    split: [
+        (
+            f"{split}/{task}/{i}",
+            2,
+            len(r["conversations"]),
+            r["conversations"][0]["value"].replace("<image> and <image>", "<image>"),
+            task,
+        )
+        for task in ("caption", "binary_class", "count_road", "count_build", "loc_road", "loc_build", "mul")
+        for i, r in enumerate(files.get(task, []))
+    ]
+    for split, files in CHANGEIMTI_FILES.items()
+}
+
+
+def make_changeimti(root: Path) -> Path:
+    """``root`` holds the task folders; LEVIR-MCI's images are put at ``root/images``."""
+    for k, (folder, name) in enumerate(CHANGEIMTI_PAIRS.values()):
+        _png(root / "images" / folder / "A" / name, 0, shade=10 * k)
+        _png(root / "images" / folder / "B" / name, 1, shade=10 * k)
+    for split, files in CHANGEIMTI_FILES.items():
+        for task, records in files.items():
+            _dump(root / f"{split}_task_data" / f"{task}.json", records, indent=4)
+    return root
+
+
 MAKERS = {
     "changescope-instructions": (make_changescope, CHANGESCOPE_EXPECTED),
     "changechat": (make_changechat, CHANGECHAT_EXPECTED),
     "changechat-105k": (make_changechat_105k, CHANGECHAT105K_EXPECTED),
     "teochatlas": (make_teochatlas, TEOCHAT_EXPECTED),
     "qag-360k": (make_qag, QAG_EXPECTED),
+    "changeimti": (make_changeimti, CHANGEIMTI_EXPECTED),
 }
 
 

@@ -35,6 +35,7 @@ FORMATS: dict[str, str] = {
     "changechat-105k": "changescope.data.readers.instructions:ChangeChat105k",
     "teochatlas": "changescope.data.readers.instructions:TEOChatlas",
     "qag-360k": "changescope.data.readers.instructions:QAG360K",
+    "changeimti": "changescope.data.readers.instructions:ChangeIMTI",
 }
 
 

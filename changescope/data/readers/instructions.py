@@ -8,7 +8,7 @@ Every reader here gives the same sample::
                    turn from gpt; the placeholder "<image>" (standing for all T images together) appears
                    exactly once, in the first human turn
     times          teochatlas only: T ISO dates, oldest first, or None when the record has none
-    task           teochatlas only: the record's "task" (str), or None
+    task           teochatlas: the record's "task" (str), or None; changeimti: the task file's stem (str)
     captions       changechat-105k caption-test records only: the 5 reference captions
     question, answer, qtype (str), mask (long [H, W], 1 = the visual answer): qag-360k only
 
@@ -21,9 +21,10 @@ index file and the line or record; pixels are read in ``__getitem__``.
 The placeholder. The project's own format (``changescope-instructions``) must already be canonical: one
 ``<image>`` in the first human turn, no ``<video>``. The released sets each do something else, and their
 readers normalise to that form: every placeholder must be in the first human turn, as one run (``<image>
-<image>`` or ``<video>``), which becomes one ``<image>`` in place (followed by a newline when it starts the
-turn, as LLaVA writes it); a first turn without a placeholder gets ``"<image>\\n"`` in front. A
-placeholder in a later turn, or two runs split by text, is an error.
+<image>`` or ``<video>``; for changeimti also ``<image> and <image>``), which becomes one ``<image>`` in
+place (followed by a newline when it starts the turn, as LLaVA writes it); a first turn without a
+placeholder gets ``"<image>\\n"`` in front. A placeholder in a later turn, or two runs split by text, is an
+error.
 
 Formats, with the layout each follows and where it was read (reference: repository @ file):
 
@@ -102,10 +103,36 @@ and ``VisTA/train.py`` / ``VisTA/test.py`` (``./train/json/Train.json``, ``./val
 
 A question becomes ``[{"human": "<image>\\n" + question}, {"gpt": answer}]``.
 
+``changeimti`` (:class:`ChangeIMTI`), ChangeIMTI (ChangeVG, TGRS; HF ``Quan999/ChangeIMTI``), from
+Quan-zzx/ChangeVG @ ``deal_data/deal_data.ipynb`` (commit f60ac418: ``get_single_data`` /
+``get_multi_data`` build the records, the last cells ``json.dump(..., indent=4)`` them per task)::
+
+    ROOT/train_task_data/{caption,binary_class,count_road,count_build,loc_road,loc_build,mul}.json
+    ROOT/test_task_data/{binary_class,count_road,count_build,loc_road,loc_build,mul}.json  (caption.json
+                                                                  may be there too; it is read if so)
+        a JSON list of {"conversations": [{"from": "human", "value": "...:<image> and <image>..."},
+                                          {"from": "gpt", "value": "..."}, ...],
+                        "images": ["/data/coding/datasets/LEVIR-MCI-dataset/images/train/A/train_000001.png",
+                                   "/data/coding/datasets/LEVIR-MCI-dataset/images/train/B/train_000001.png"]}
+        no "id"; ``mul.json`` holds 4 exchanges (change? / roads / buildings / "Please describe the changes.")
+    ROOT/images/{train,val,test}/{A,B}/*.png   LEVIR-MCI's ``images`` folder (or a link to it), put there by
+                                               the user: the records hold the authors' absolute paths
+
+Splits: ``train`` and ``test`` (the folder prefixes; a missing folder leaves its split out), each the task
+files in the order above (a missing file is skipped; another ``*.json`` in the folder is named in
+``notes``). A record's ``task`` is its file's stem and its id ``<split>/<task>/<index in the file>``. An
+image path is the path as written (relative: to ROOT) when that exists, else the part after its last
+``images`` component (all of a relative path without one) under ROOT/images, else under ``image_root``
+when given. Placeholder: ``<image> and <image>`` in the first human turn ("... in these two
+images:<image> and <image>. Please answer yes or no."); it becomes one ``<image>`` in place. Not
+confirmed: the Hugging Face release was not in reach, so its folder names could differ from the
+notebook's ``train_task_data`` / ``test_task_data`` (the notebook writes them under ``muti_task_data/``,
+here ROOT), and it may hold relative paths (which the ``images`` rule also resolves); the stored
+notebook skips LEVIR's ``test`` pairs in both cells, so which pairs the released test files hold is not
+known (the reader does not depend on it).
+
 Not read here: GeoLLaVA (HosamGen/GeoLLaVA: ``annotations/updated_{train,val}_annotations.json`` with
-MP4 clips, which need a video decoder), and ChangeIMTI (HF ``Quan999/ChangeIMTI``; only a third-party
-consumer was found, reading ``images`` + ``conversations`` from per-task JSON lists with absolute paths,
-too little to fix a layout).
+MP4 clips, which need a video decoder).
 """
 
 from __future__ import annotations
@@ -129,6 +156,8 @@ VIDEO_TOKEN = "<video>"
 ROLES = ("human", "gpt")
 #: one run of placeholders, e.g. "<image> <image>" or "<video>"
 _PLACEHOLDER_RUN = re.compile(r"(?:<image>|<video>)(?:\s*(?:<image>|<video>))*")
+#: the same, the placeholders also joined by "and" ("<image> and <image>", as ChangeIMTI writes them)
+_PLACEHOLDER_AND_RUN = re.compile(r"(?:<image>|<video>)(?:\s*(?:and\s*)?(?:<image>|<video>))*")
 
 
 @dataclass
@@ -149,6 +178,8 @@ class InstructionEntry:
     mask: Path | None = None
     #: further sample keys (captions, question, answer, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: image path -> the path as the record wrote it, where the reader looked for it elsewhere (messages)
+    written: dict[Path, str] = field(default_factory=dict)
 
     def files(self) -> list[Path]:
         """Every file this record needs, in a stable order."""
@@ -194,14 +225,17 @@ def check_placeholder(where: str, turns: list[dict[str, str]]) -> list[dict[str,
     return turns
 
 
-def normalise_placeholder(where: str, turns: list[dict[str, str]]) -> list[dict[str, str]]:
+def normalise_placeholder(
+    where: str, turns: list[dict[str, str]], run: re.Pattern[str] = _PLACEHOLDER_RUN
+) -> list[dict[str, str]]:
     """A released set's turns in the canonical form: the one run of placeholders of the first human turn
-    (``<image> <image>``, ``<video>``) becomes one ``<image>``; a first turn without one gets it in front."""
+    (``<image> <image>``, ``<video>``; what ``run`` matches) becomes one ``<image>``; a first turn without
+    one gets it in front."""
     for i, turn in enumerate(turns[1:], start=1):
         if IMAGE_TOKEN in turn["value"] or VIDEO_TOKEN in turn["value"]:
             raise DataError(where, f"conversations[{i}] holds an image placeholder; only the first turn may")
     text = turns[0]["value"]
-    runs = list(_PLACEHOLDER_RUN.finditer(text))
+    runs = list(run.finditer(text))
     if len(runs) > 1:
         raise DataError(where, "the first turn has image placeholders in more than one place")
     if not runs:
@@ -241,6 +275,16 @@ def _resolve(base: Path, path: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _images_tail(path: str) -> Path | None:
+    """The part of ``path`` after its last ``images`` component (``.../images/train/A/x.png`` ->
+    ``train/A/x.png``); all of a relative path without one; None for an absolute path without one."""
+    parts = Path(path.strip()).parts
+    after = [i + 1 for i, part in enumerate(parts) if part == "images"]
+    if after:
+        return Path(*parts[after[-1] :]) if parts[after[-1] :] else None
+    return None if Path(path.strip()).is_absolute() else Path(*parts)
+
+
 class InstructionDataset(torch.utils.data.Dataset):
     """Base for instruction readers: the sample contract of this module."""
 
@@ -252,6 +296,8 @@ class InstructionDataset(torch.utils.data.Dataset):
     strict_placeholder: ClassVar[bool] = False
     #: whether samples carry ``times`` (None for a record without dates)
     has_times: ClassVar[bool] = False
+    #: what one run of placeholders in the first human turn is (released sets; see the module docstring)
+    placeholder_run: ClassVar[re.Pattern[str]] = _PLACEHOLDER_RUN
 
     def __init__(self, root: str | Path, split: str = "train", check_files: bool = True):
         self.root, self.split = checked_root_and_split(root, split, self.name, self.splits)
@@ -289,13 +335,19 @@ class InstructionDataset(torch.utils.data.Dataset):
         turns = check_turns(where, turns)
         if self.strict_placeholder:
             return check_placeholder(where, turns)
-        return normalise_placeholder(where, turns)
+        return normalise_placeholder(where, turns, self.placeholder_run)
 
     @staticmethod
     def missing_files(entry: InstructionEntry) -> list[DataError]:
-        """One error for each file of ``entry`` that is not there."""
-        where = f"listed by {entry.source}"
-        return [DataError(path, f"file not found ({where})") for path in entry.files() if not path.is_file()]
+        """One error for each file of ``entry`` that is not there (with the path as the record wrote it,
+        where the reader looked for it elsewhere)."""
+        errors = []
+        for path in entry.files():
+            if not path.is_file():
+                written = entry.written.get(path)
+                also = f" as '{written}', which is not there either" if written else ""
+                errors.append(DataError(path, f"file not found (listed by {entry.source}{also})"))
+        return errors
 
     def read_images(self, entry: InstructionEntry) -> list[np.ndarray]:
         return one_size(entry.images, [read_rgb(p) for p in entry.images], noun="sample")
@@ -635,12 +687,114 @@ class QAG360K(InstructionDataset):
         return (values >= self.mask_threshold).astype(np.int64)
 
 
+# --------------------------------------------------------------------------------------------------
+# ChangeIMTI (ChangeVG): one JSON list per task over LEVIR-MCI pairs, with the authors' absolute paths
+# --------------------------------------------------------------------------------------------------
+class ChangeIMTI(InstructionDataset):
+    """ChangeIMTI as ChangeVG's generator writes it (module docstring): ``<split>_task_data/<task>.json``,
+    LEVIR-MCI's ``images/`` at ROOT/images; the split's index is its folder."""
+
+    name = format = "changeimti"
+    splits = ("train", "test")
+    folder_pattern: ClassVar[str] = "{split}_task_data"
+    #: the task files, in the order a split concatenates them (the notebook's order of writing)
+    tasks: ClassVar[tuple[str, ...]] = (
+        "caption",
+        "binary_class",
+        "count_road",
+        "count_build",
+        "loc_road",
+        "loc_build",
+        "mul",
+    )
+    #: where the user puts LEVIR-MCI's ``images`` folder (or a link to it)
+    image_dir: ClassVar[str] = "images"
+    placeholder_run = _PLACEHOLDER_AND_RUN
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        check_files: bool = True,
+        image_root: str | Path | None = None,
+    ):
+        #: a further folder to look for images in: LEVIR-MCI's ``images`` (see the module docstring)
+        self.image_root = None if image_root is None else Path(image_root)
+        super().__init__(root, split, check_files)
+
+    @classmethod
+    def index_file(cls, root: Path, split: str) -> Path:
+        return root / cls.folder_pattern.format(split=split)
+
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        folders = [cls.index_file(root, split) for split in cls.splits]
+        return any((folder / f"{task}.json").is_file() for folder in folders for task in cls.tasks)
+
+    def _entries(self) -> list[InstructionEntry]:
+        folder = self.index_path
+        if not folder.is_dir():
+            raise DataError(folder, "file not found (the folder of this split's task files)")
+        files = [(task, folder / f"{task}.json") for task in self.tasks]
+        files = [(task, path) for task, path in files if path.is_file()]
+        if not files:
+            names = ", ".join(f"{task}.json" for task in self.tasks)
+            raise DataError(folder, f"none of the task files is there ({names})")
+        for other in sorted(p for p in folder.glob("*.json") if p.stem not in self.tasks):
+            self.notes.append(f"{other}: not read (not one of the ChangeIMTI task files)")
+        found: dict[str, tuple[Path, bool]] = {}
+        entries = []
+        for task, path in files:
+            for i, (where, record) in enumerate(json_records(path)):
+                entries.append(self._entry(where, record, f"{self.split}/{task}/{i}", task, found))
+        return entries
+
+    def _entry(
+        self, where: str, record: Any, record_id: str, task: str, found: dict[str, tuple[Path, bool]]
+    ) -> InstructionEntry:
+        if not isinstance(record, dict):
+            raise DataError(where, "a record must be a JSON object")
+        if "conversations" not in record:
+            raise DataError(where, "missing field 'conversations'")
+        paths = _paths(where, record.get("images"), "images")
+        entry = InstructionEntry(
+            id=record_id,
+            split=self.split,
+            images=[],
+            conversations=self.conversation(where, record["conversations"]),
+            source=where,
+            extra={"task": task},
+        )
+        for written in paths:
+            if written not in found:
+                found[written] = self._find_image(written)
+            image, moved = found[written]
+            entry.images.append(image)
+            if moved:
+                entry.written[image] = written.strip()
+        return entry
+
+    def _find_image(self, written: str) -> tuple[Path, bool]:
+        """Where an image path of a record is: the first of the path as written (relative: to ROOT), its
+        ``images`` tail under ROOT/images, that tail under ``image_root``, that is a file; else the last
+        of them (for the message). The flag says whether it is not the path as written."""
+        candidates = [_resolve(self.root, written)]
+        tail = _images_tail(written)
+        if tail is not None:
+            candidates.append(self.root / self.image_dir / tail)
+            if self.image_root is not None:
+                candidates.append(self.image_root / tail)
+        image = next((c for c in candidates if c.is_file()), candidates[-1])
+        return image, image != candidates[0]
+
+
 #: the instruction formats, in the order ``detect_format`` tries them
 DETECTION_ORDER: tuple[type[InstructionDataset], ...] = (
     ChangeChat105k,
     ChangeChat,
     TEOChatlas,
     QAG360K,
+    ChangeIMTI,
     ChangescopeInstructions,
 )
 
