@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m changescope.demo
 
 test: $(STAMP) $(INPUTS)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-all: $(STAMP) $(INPUTS)
 	$(BIN)/python -m pytest -q -m ""

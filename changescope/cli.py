@@ -464,6 +464,8 @@ def evaluate(
     if limit is not None and limit < 1:
         raise typer.BadParameter(f"--limit must be >= 1, got {limit}")
     llm = _llm_model(model)
+    if llm is not None and beam != 1:
+        raise typer.BadParameter("a ChangeLLM decodes greedily: --beam must be 1")
     if llm is not None:
         from changescope.tasks.llm_evaluation import evaluate_llm
 

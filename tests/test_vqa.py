@@ -345,8 +345,10 @@ def test_evaluate_reports_vqa_and_grounding(vqa_run, synth):
     assert 0 <= result["grounding"]["mIoU"] <= 1 and 0 <= result["grounding"]["cIoU"] <= 1
     assert result["grounding"]["n"] == len(_records(synth, "test", "grounding"))
     assert "CIDEr-D" in result and "detection" in result
-    table = cli("evaluate", vqa_run, "--data", synth, "--split", "test", "--no-meteor").stdout
+    # --limit: the split's first pairs and only their questions
+    table = cli("evaluate", vqa_run, "--data", synth, "--split", "test", "--no-meteor", "--limit", "3").stdout
     assert "change question answering" in table and "grounding: mIoU" in table and "AA" in table
+    assert "3 pairs, split 'test'" in table
 
 
 def test_cdvqa_trains_and_evaluates_questions_only(tmp_path, vqa_config):
