@@ -4,13 +4,16 @@ A language model states counts and shares as it learned to say them; the mask he
 model (the frozen change model, run as ``detect`` runs it: ``tasks.detection.iter_detections``) measures
 them. Every reply that states a number, answers how many / how much, or says whether anything changed
 gets a **citation** of that mask: what it counts (of the class the question or reply names, else all
-classes), the share of the image it covers, what the reply stated and whether the two agree. The reply's
-text is kept as the model wrote it and the mask's reading is appended, so a reader sees both and which
-one a number came from; ``agrees`` is the rate ``evaluate`` and the benchmark report.
+classes; the mask's classes are what the place became, so a question about what was demolished or
+cleared is counted over all classes), the share of the image it covers, what the reply stated and
+whether the two agree. The reply's text is kept as the model wrote it and the mask's reading is
+appended, so a reader sees both and which one a number came from; ``agrees`` is the rate ``evaluate``
+and the benchmark report.
 
 Agreement: a stated count equals the mask's object count; a stated share is within 2 percentage points
-or a quarter of the mask's share; "yes" / a change sentence agrees with a mask holding objects, "no" / a
-no-change sentence (``tasks.consistency.says_no_change``) with an empty one.
+or a quarter of the mask's share, a stated range ("0 to 10", CDVQA's ratio bins) holds it within 1 point;
+"yes" / a change sentence agrees with a mask holding objects, "no" / a no-change sentence
+(``tasks.consistency.says_no_change``) with an empty one.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ _NUMBER = re.compile(r"\b(\d+(?:\.\d+)?|" + "|".join(_WORDS) + r")\b\s*(%|percen
 _COUNT_Q = re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b", re.IGNORECASE)
 _AREA_Q = re.compile(r"\bhow much\b|\bratio\b|\bshare\b|\bpercent|\bproportion\b|\barea\b", re.IGNORECASE)
 _CHANGED_Q = re.compile(r"^\s*(did|does|has|have|is|are|was|were)\b.*\bchang", re.IGNORECASE)
-_NONE = re.compile(r"\b(none of it|nothing|no change)\b", re.IGNORECASE)
+#: a share given as a bin, as CDVQA-style ratio answers are ("0 to 10", "10_to_20 %")
+_RANGE = re.compile(r"\b(\d+(?:\.\d+)?)\s*(?:to|-|_to_)\s*(\d+(?:\.\d+)?)\s*(?:%|percent\b)?")
+#: the mask's classes are what the place became: a question about what went is counted over all classes
+_REMOVED = re.compile(r"\b(demolish\w*|remov\w*|clear\w*|disappear\w*|destroy\w*|lost|decreas\w*)\b")
+_NONE = re.compile(r"\b(none|nothing|no change)\b", re.IGNORECASE)
 _BELOW_ONE = re.compile(r"\bless than 1\s*(%|percent)", re.IGNORECASE)
+
+
+def stated_range(text: str) -> tuple[float, float] | None:
+    """The first ``a to b`` range a sentence states, if any."""
+    found = _RANGE.search(text.replace("_", " "))
+    return (float(found.group(1)), float(found.group(2))) if found else None
 
 
 def stated_numbers(text: str) -> tuple[list[int], list[float]]:
@@ -71,24 +84,30 @@ def citation(question: str, answer: str, summary: dict[str, Any] | None) -> dict
     if summary is None:
         return None
     counts, shares = stated_numbers(answer)
+    span = stated_range(answer)
     kind = None
-    if _COUNT_Q.search(question) or (counts and not _AREA_Q.search(question)):
-        kind = "count"
-    elif _AREA_Q.search(question) or shares:
+    if _AREA_Q.search(question) or shares:
         kind = "area"
-        if not shares and _NONE.search(answer):
-            shares = [0.0]
+        if not shares and not span:  # "none of it"; a bare number answers a ratio question in percent
+            shares = [0.0] if _NONE.search(answer) else [float(c) for c in counts[:1]]
+    elif _COUNT_Q.search(question) or counts:
+        kind = "count"
+        if not counts and _NONE.search(answer):
+            counts = [0]
     elif _CHANGED_Q.search(question) or says_no_change(answer):
         kind = "changed"
-    if kind is None or (kind == "count" and not counts and not _COUNT_Q.search(question)):
+    if kind is None:
         return None
     classes = summary.get("classes", {})
-    name = _named_class(question, classes) or _named_class(answer, classes)
+    removed = _REMOVED.search(question) or _REMOVED.search(answer)
+    name = None if removed else _named_class(question, classes) or _named_class(answer, classes)
     part = classes[name] if name is not None else None
     objects = part["objects"] if part else int(summary["objects"])
     percent = float(part["percent"] if part else summary["changed_percent"])
     if kind == "count":
         agrees = bool(counts) and counts[0] == objects
+    elif kind == "area" and span is not None and not shares:
+        agrees = span[0] - 1 <= percent <= span[1] + 1
     elif kind == "area":
         agrees = bool(shares) and _close(shares[0], percent)
     else:
@@ -100,7 +119,7 @@ def citation(question: str, answer: str, summary: dict[str, Any] | None) -> dict
         "class": name,
         "objects": objects,
         "changed_percent": round(percent, 2),
-        "stated": {"counts": counts, "percent": shares},
+        "stated": {"counts": counts, "percent": shares, "range": list(span) if span else None},
         "agrees": agrees,
     }
 
