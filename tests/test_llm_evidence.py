@@ -54,9 +54,9 @@ def test_shares_and_change_or_not_are_cited(summary):
     assert citation("what is the ratio of the changed area?", "0 to 10", summary)["agrees"]
     assert not citation("what is the ratio of the changed area?", "10_to_20", summary)["agrees"]
     assert not citation("what percentage of the area has changed?", "0", summary)["agrees"]
-    # the mask's classes are the later date's: what was demolished is counted over all classes
+    # a change mask's class is what changed, built or demolished
     gone = citation("How many buildings were demolished?", "3", summary)
-    assert gone["class"] is None and gone["objects"] == 3 and gone["agrees"]
+    assert gone["class"] == "building" and gone["objects"] == 2 and not gone["agrees"]
     assert citation("How many roads were built?", "none", summary)["stated"]["counts"] == [0]
     assert citation("Did anything change?", "yes", summary)["agrees"]
     water = citation("Has the water changed?", "yes", summary)  # a class with no object in the mask

@@ -4,11 +4,10 @@ A language model states counts and shares as it learned to say them; the mask he
 model (the frozen change model, run as ``detect`` runs it: ``tasks.detection.iter_detections``) measures
 them. Every reply that states a number, answers how many / how much, or says whether anything changed
 gets a **citation** of that mask: what it counts (of the class the question or reply names, else all
-classes; the mask's classes are what the place became, so a question about what was demolished or
-cleared is counted over all classes), the share of the image it covers, what the reply stated and
-whether the two agree. The reply's text is kept as the model wrote it and the mask's reading is
-appended, so a reader sees both and which one a number came from; ``agrees`` is the rate ``evaluate``
-and the benchmark report.
+classes: a change mask's class is the class of what changed, built or removed), the share of the image
+it covers, what the reply stated and whether the two agree. The reply's text is kept as the model wrote
+it and the mask's reading is appended, so a reader sees both and which one a number came from;
+``agrees`` is the rate ``evaluate`` and the benchmark report.
 
 Agreement: a stated count equals the mask's object count; a stated share is within 2 percentage points
 or a quarter of the mask's share, a stated range ("0 to 10", CDVQA's ratio bins) holds it within 1 point;
@@ -34,8 +33,6 @@ _AREA_Q = re.compile(r"\bhow much\b|\bratio\b|\bshare\b|\bpercent|\bproportion\b
 _CHANGED_Q = re.compile(r"^\s*(did|does|has|have|is|are|was|were)\b.*\bchang", re.IGNORECASE)
 #: a share given as a bin, as CDVQA-style ratio answers are ("0 to 10", "10_to_20 %")
 _RANGE = re.compile(r"\b(\d+(?:\.\d+)?)\s*(?:to|-|_to_)\s*(\d+(?:\.\d+)?)\s*(?:%|percent\b)?")
-#: the mask's classes are what the place became: a question about what went is counted over all classes
-_REMOVED = re.compile(r"\b(demolish\w*|remov\w*|clear\w*|disappear\w*|destroy\w*|lost|decreas\w*)\b")
 _NONE = re.compile(r"\b(none|nothing|no change)\b", re.IGNORECASE)
 _BELOW_ONE = re.compile(r"\bless than 1\s*(%|percent)", re.IGNORECASE)
 
@@ -99,8 +96,7 @@ def citation(question: str, answer: str, summary: dict[str, Any] | None) -> dict
     if kind is None:
         return None
     classes = summary.get("classes", {})
-    removed = _REMOVED.search(question) or _REMOVED.search(answer)
-    name = None if removed else _named_class(question, classes) or _named_class(answer, classes)
+    name = _named_class(question, classes) or _named_class(answer, classes)
     part = classes[name] if name is not None else None
     objects = part["objects"] if part else int(summary["objects"])
     percent = float(part["percent"] if part else summary["changed_percent"])
