@@ -123,6 +123,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("evaluate-length-penalty", "evaluate default --data {synth} --length-penalty -1", "--length-penalty"),
     ("evaluate-out-folder", "evaluate default --data {synth} --out {folder}", "is a folder"),
     ("evaluate-predictions-folder", "evaluate default --data {synth} --predictions {folder}", "is a folder"),
+    ("evaluate-limit-zero", "evaluate default --data {synth} --limit 0", "--limit"),
     # describe
     ("describe-precision", "describe {a} {b} --precision double", "--precision"),
     ("describe-one-missing", "describe {missing}", "not found"),
