@@ -540,7 +540,22 @@ def _iso_date(where: str, text: Any) -> str:
         raise DataError(where, f"timestamp {text!r} is not a date (YYYY-MM-DD)") from None
 
 
-class TEOChatlas(InstructionDataset):
+class WithImageRoot(InstructionDataset):
+    """A reader whose records name images that may live outside ROOT: ``image_root`` is where its relative
+    paths are looked for (TEOChatlas: joined to it instead of ROOT; ChangeIMTI: a further place to look)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        check_files: bool = True,
+        image_root: str | Path | None = None,
+    ):
+        self.image_root = None if image_root is None else Path(image_root)
+        super().__init__(root, split, check_files)
+
+
+class TEOChatlas(WithImageRoot):
     """TEOChatlas as released on Hugging Face (module docstring): ``train/instruct.json``,
     ``eval/<Split>.json``; frames sorted by date."""
 
@@ -567,17 +582,6 @@ class TEOChatlas(InstructionDataset):
     )
     splits = ("train", *(f"eval_{n}" for n in eval_names))
     has_times = True
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        check_files: bool = True,
-        image_root: str | Path | None = None,
-    ):
-        #: what relative frame paths are joined to (ROOT by default; see the module docstring)
-        self.image_root = None if image_root is None else Path(image_root)
-        super().__init__(root, split, check_files)
 
     @classmethod
     def index_file(cls, root: Path, split: str) -> Path:
@@ -690,7 +694,7 @@ class QAG360K(InstructionDataset):
 # --------------------------------------------------------------------------------------------------
 # ChangeIMTI (ChangeVG): one JSON list per task over LEVIR-MCI pairs, with the authors' absolute paths
 # --------------------------------------------------------------------------------------------------
-class ChangeIMTI(InstructionDataset):
+class ChangeIMTI(WithImageRoot):
     """ChangeIMTI as ChangeVG's generator writes it (module docstring): ``<split>_task_data/<task>.json``,
     LEVIR-MCI's ``images/`` at ROOT/images; the split's index is its folder."""
 
@@ -710,17 +714,6 @@ class ChangeIMTI(InstructionDataset):
     #: where the user puts LEVIR-MCI's ``images`` folder (or a link to it)
     image_dir: ClassVar[str] = "images"
     placeholder_run = _PLACEHOLDER_AND_RUN
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        check_files: bool = True,
-        image_root: str | Path | None = None,
-    ):
-        #: a further folder to look for images in: LEVIR-MCI's ``images`` (see the module docstring)
-        self.image_root = None if image_root is None else Path(image_root)
-        super().__init__(root, split, check_files)
 
     @classmethod
     def index_file(cls, root: Path, split: str) -> Path:
