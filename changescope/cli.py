@@ -147,19 +147,24 @@ def _describe_llm(path: Path, inputs: list[str], out: Path | None, as_json: bool
     or whether anything changed carries its vision model's change-mask reading (``tasks.llm_evidence``)."""
     from changescope.fileio import write_text_atomic
     from changescope.models.llm_hub import load_change_llm
-    from changescope.tasks.llm_inference import DESCRIBE, cite_replies, masks
+    from changescope.tasks.llm_inference import DESCRIBE, cite_replies, look
     from changescope.tasks.llm_inference import describe as llm_describe
 
     pairs = _llm_pairs(inputs, "give BEFORE AFTER or a FOLDER / MANIFEST, optionally after MODEL")
     _output_file(out, "--out")
     model, processor = load_change_llm(path)
-    files = [(a, b) for _, a, b in pairs]
-    said = llm_describe(model, processor, files, batch_size=batch_size)
-    checked = cite_replies([DESCRIBE] * len(said), said, masks(model, processor, files))
-    rows = [
-        {"id": i, "caption": c, "cited": text, "citation": cite, "model": str(path), "source": "change-llm"}
-        for (i, _, _), c, (text, cite) in zip(pairs, said, checked, strict=True)
-    ]
+    source = {"model": str(path), "source": "change-llm"}
+    rows = []
+    for start in range(0, len(pairs), batch_size):  # one vision pass per pair gives tokens and mask
+        chunk = pairs[start : start + batch_size]
+        files = [(a, b) for _, a, b in chunk]
+        sights = look(model, processor, files)
+        said = llm_describe(model, processor, files, features=[s.features for s in sights])
+        checked = cite_replies([DESCRIBE] * len(said), said, [s.summary for s in sights])
+        rows += [
+            {"id": i, "caption": c, "cited": text, "citation": cite, **source}
+            for (i, _, _), c, (text, cite) in zip(chunk, said, checked, strict=True)
+        ]
     if out is not None:
         write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
         typer.echo(f"wrote {len(rows)} captions to {out}")

@@ -62,7 +62,8 @@ def test_the_loss_is_on_the_assistant_turns_only(tiny):
 
 def test_batched_left_padded_prompts_and_a_merged_round_trip(tiny, tmp_path, synth):
     from changescope.models.llm_hub import load_change_llm, save_change_llm
-    from changescope.tasks.llm_inference import reply
+    from changescope.tasks.detection import iter_detections
+    from changescope.tasks.llm_inference import look, reply
 
     model, processor = tiny
     with torch.no_grad():  # LoRA's B starts at zero: move it, so that merging has something to merge
@@ -88,6 +89,24 @@ def test_batched_left_padded_prompts_and_a_merged_round_trip(tiny, tmp_path, syn
     assert torch.allclose(loss, again, atol=1e-4), (loss, again)
     said = reply(loaded, loaded_processor, pairs, ["What changed?"] * 3, batch_size=3, max_new_tokens=4)
     assert len(said) == 3 and all(isinstance(s, str) for s in said)
+    # one vision pass per pair (look) gives the LM the tokens it would compute itself and detect's mask
+    sights = look(loaded, loaded_processor, pairs)
+    images = torch.stack([loaded_processor.read_pair(*p) for p in pairs])
+    with torch.no_grad():
+        memory, last = loaded.vision_features(images)
+    assert torch.allclose(torch.cat([s.features[0] for s in sights]), memory, atol=1e-5)
+    assert torch.allclose(torch.cat([s.features[1] for s in sights]), last, atol=1e-5)
+    seen = [s.features for s in sights]
+    again = reply(loaded, loaded_processor, pairs, ["What changed?"] * 3, max_new_tokens=4, features=seen)
+    assert again == said
+    rows = [(str(i), *p) for i, p in enumerate(pairs)]
+    detected = iter_detections(loaded.vision, loaded_processor.image_processor, rows)
+    captionless = {"caption", "caption_source", "model_caption"}
+    for sight, detection in zip(sights, detected, strict=True):
+        assert sight.summary["model_caption"] is None  # the classic decoder did not run
+        assert {k: v for k, v in sight.summary.items() if k not in captionless} == {
+            k: v for k, v in detection.result.items() if k not in captionless
+        }
 
 
 def test_instructions_are_read_off_the_labels(synth, tmp_path):

@@ -123,7 +123,8 @@ class ChangeLLM(nn.Module):
     def vision_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images`` ``[B, 2, 3, H, W]`` in [0, 1] at the vision model's size -> (change tokens, last level),
         what :meth:`visual_embeds` projects; fixed inputs, so a training loop may cache them."""
-        levels = self.vision.levels(images)
+        with self.vision.autocast():  # as the vision model's own forward pass runs it (detect's masks)
+            levels = self.vision.levels(images)
         memory = self.vision(features=levels, masks=False).memory
         return memory.float(), levels[-1].float()
 

@@ -32,6 +32,9 @@ class Detection:
     result: dict[str, Any]
     #: the decoded after image ``[H, W, 3]`` uint8, kept for the overlay (None: not kept)
     image: np.ndarray | None = None
+    #: the pair's change tokens ``[1, N, D]`` and last backbone level ``[1, 2, C, h, w]`` at the model's size
+    #: (what a ChangeLLM reads), when ``iter_detections`` was asked for them
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 #: an input whose GSD is within this factor of one the model was trained at is used as it is
@@ -111,6 +114,8 @@ def iter_detections(
     decoding=None,
     gsd: float | None = None,
     batch_size: int | None = None,
+    captions: bool = True,
+    tokens: bool = False,
 ) -> Iterator[Detection]:
     """A :class:`Detection` per ``(id, before, after)`` of ``pairs``, in order (images: file paths, PIL
     images or arrays, ``imageio.as_rgb``; the id is not used here, callers zip it back).
@@ -123,7 +128,10 @@ def iter_detections(
     after image (``image``) for its overlay.
 
     The caption is the decoder's, unless it says "no change" while the mask holds objects; then it is
-    written from the mask (``caption_source`` says which, see ``tasks/consistency.py``)."""
+    written from the mask (``caption_source`` says which, see ``tasks/consistency.py``). ``captions=False``
+    skips the decoder (the result's caption is then written from the mask); ``tokens=True`` keeps each pair's
+    change tokens and last level (``Detection.tokens``) from the same forward pass, so a ChangeLLM reads
+    the pass its citations come from."""
     from changescope.data.imageio import image_name
     from changescope.tasks.consistency import reconcile
     from changescope.tasks.inference import Decoding, caption_pairs
@@ -135,17 +143,26 @@ def iter_detections(
         raise ValueError(f"batch_size must be >= 1, got {size}")
     scale = working_scale(model, gsd)
     classes = list(model.config.classes)
-    captions = model.decoder is not None
+    captions = captions and model.decoder is not None
     remaining = iter(pairs)
     while chunk := list(itertools.islice(remaining, size)):
         decoded = [processor.read_pair(before, after) for _, before, after in chunk]
         fits = [scale == 1 and max(p.shape[-2:]) <= processor.image_size for p in decoded]
         masks: list[np.ndarray | None] = [None] * len(chunk)
         texts: list[str | None] = [None] * len(chunk)
+        kept: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(chunk)
         with torch.inference_mode():
             batch = [i for i, fit in enumerate(fits) if fit]
             if batch:  # the common case: one forward pass gives the masks and the captions' change tokens
-                out = model(torch.stack([processor.resize(decoded[i]) for i in batch]))
+                images = torch.stack([processor.resize(decoded[i]) for i in batch])
+                if tokens:
+                    with model.autocast():  # as ``model(images)`` runs it, so the mask is detect's own
+                        levels = model.levels(images)
+                    out = model(features=levels)
+                    for k, i in enumerate(batch):
+                        kept[i] = (out.memory[k : k + 1].float(), levels[-1][k : k + 1].float())
+                else:
+                    out = model(images)
                 if captions:
                     words = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
                 for k, i in enumerate(batch):
@@ -159,6 +176,10 @@ def iter_detections(
                 masks[i] = predict_mask(model, processor, decoded[i], gsd)
                 if captions:
                     texts[i] = caption_pairs(model, processor, decoded[i][None], decoding)[0]
+                if tokens:
+                    with model.autocast():
+                        levels = model.levels(processor.resize(decoded[i])[None])
+                    kept[i] = (model(features=levels, masks=False).memory.float(), levels[-1].float())
         for i, (_, before, after) in enumerate(chunk):
             mask = remove_small_objects(masks[i], min_area)
             summary = summarize_mask(mask, classes)
@@ -176,7 +197,7 @@ def iter_detections(
                 "class_ids": dict(enumerate(model.config.classes)),
                 **summary,
             }
-            yield Detection(mask, result, after_rgb(decoded[i]))
+            yield Detection(mask, result, after_rgb(decoded[i]), kept[i])
         del decoded, masks
 
 

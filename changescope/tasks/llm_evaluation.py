@@ -77,7 +77,7 @@ def evaluate_llm(
     from changescope.metrics.score import caption_report
     from changescope.models.llm_hub import load_change_llm
     from changescope.tasks.inference import write_jsonl
-    from changescope.tasks.llm_inference import DESCRIBE, cite_replies, masks, reply
+    from changescope.tasks.llm_inference import DESCRIBE, cite_replies, look, reply
     from changescope.tasks.queries import attach, first_pairs, open_pairs
 
     model, processor = load_change_llm(path)
@@ -103,9 +103,16 @@ def evaluate_llm(
             for k in range(len(entries)):
                 asks += [(k, q, t, a) for q, t, a in queries[start + k].vqa]
             questions = [q for _, q, _, _ in asks]
-            said = reply(model, processor, [files[k] for k, *_ in asks], questions, batch_size=batch_size)
-            summaries = masks(model, processor, files)
-            checked = cite_replies(questions, said, [summaries[k] for k, *_ in asks])
+            sights = look(model, processor, files)  # one vision pass per pair: the LM's tokens and the mask
+            said = reply(
+                model,
+                processor,
+                [files[k] for k, *_ in asks],
+                questions,
+                batch_size=batch_size,
+                features=[sights[k].features for k, *_ in asks],
+            )
+            checked = cite_replies(questions, said, [sights[k].summary for k, *_ in asks])
             for n, (ask, text, (_, cite)) in enumerate(zip(asks, said, checked, strict=True)):
                 k, _, qtype, truth = ask
                 entry = entries[k]

@@ -373,6 +373,21 @@ class InstructionDataset(torch.utils.data.Dataset):
         return sample
 
 
+class WithImageRoot(InstructionDataset):
+    """A reader whose records name images that may live outside ROOT: ``image_root`` is where its relative
+    paths are looked for (TEOChatlas: joined to it instead of ROOT; ChangeIMTI: a further place to look)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        check_files: bool = True,
+        image_root: str | Path | None = None,
+    ):
+        self.image_root = None if image_root is None else Path(image_root)
+        super().__init__(root, split, check_files)
+
+
 # --------------------------------------------------------------------------------------------------
 # changescope-instructions: the project's own layout
 # --------------------------------------------------------------------------------------------------
@@ -538,21 +553,6 @@ def _iso_date(where: str, text: Any) -> str:
         return datetime.datetime.strptime(str(text).strip(), "%Y-%m-%d").date().isoformat()
     except ValueError:
         raise DataError(where, f"timestamp {text!r} is not a date (YYYY-MM-DD)") from None
-
-
-class WithImageRoot(InstructionDataset):
-    """A reader whose records name images that may live outside ROOT: ``image_root`` is where its relative
-    paths are looked for (TEOChatlas: joined to it instead of ROOT; ChangeIMTI: a further place to look)."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        check_files: bool = True,
-        image_root: str | Path | None = None,
-    ):
-        self.image_root = None if image_root is None else Path(image_root)
-        super().__init__(root, split, check_files)
 
 
 class TEOChatlas(WithImageRoot):
