@@ -112,6 +112,7 @@ def test_tiles_cover_a_large_pair_at_its_own_resolution_and_pad_small_ones(tmp_p
 
 def test_a_mix_file_joins_class_data_and_binary_data(tmp_path, synth):
     from changescope.data.mix import MixedPairs
+    from changescope.metrics.threshold import SourceIndex
 
     binary_folder(tmp_path / "cd")
     mix = tmp_path / "mix.yaml"
@@ -124,6 +125,11 @@ def test_a_mix_file_joins_class_data_and_binary_data(tmp_path, synth):
     values = set(tile["mask"].unique().tolist())
     assert values <= {0, UNKNOWN_CHANGE} and UNKNOWN_CHANGE in values | {UNKNOWN_CHANGE}
     assert any(UNKNOWN_CHANGE in dataset[i]["mask"] for i in range(synth_train, len(dataset)))
+    # each entry names its source, so training calibrates the change threshold per source
+    sources = SourceIndex.of_dataset(dataset)
+    assert sources.count == 2 and sources.names[1].endswith("cd")
+    assert {sources.of(e.id) for e in dataset.entries[synth_train:]} == {1}
+    assert {sources.of(e.id) for e in dataset.entries[:synth_train]} == {0}
 
 
 def test_a_source_kept_out_of_validation_still_sets_the_class_list(tmp_path, synth):

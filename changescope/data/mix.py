@@ -187,6 +187,7 @@ class MixedPairs(torch.utils.data.Dataset):
         self.repeats: list[int] = []
         self.remaps: list[bool] = []
         self.describes: list[bool] = []
+        part_sources: list[str] = []
         datasets, every = [], []
         for source in spec["sources"]:
             used = split == "train" or source.val
@@ -218,6 +219,7 @@ class MixedPairs(torch.utils.data.Dataset):
                 self.repeats.append(source.repeat)
                 self.remaps.append(tuple(ds.classes) == BINARY_CLASSES and self.classes != BINARY_CLASSES)
                 self.describes.append(source.describe)
+                part_sources.append(str(source.path))
         self.no_change_sentences = tuple(
             dict.fromkeys(s for _, ds in datasets for s in getattr(ds, "no_change_sentences", ()))
         )
@@ -228,6 +230,8 @@ class MixedPairs(torch.utils.data.Dataset):
             for i in range(len(part))
         ]
         self.entries = [self.parts[p].entries[i] for p, i in self._index]
+        #: the source (its path) of each entry: training calibrates the change threshold per source
+        self.entry_sources = [part_sources[p] for p, _ in self._index]
 
     @property
     def has_masks(self) -> bool:

@@ -41,6 +41,7 @@ from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
 from changescope.fileio import write_json_atomic
+from changescope.metrics.threshold import SourceIndex, add_probabilities, calibrate, probability_histograms
 from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.heads.mask_head import mask_loss
@@ -71,8 +72,6 @@ from changescope.tasks.train_options import (  # noqa: F401 (re-exported: tests 
 
 pl = require("lightning.pytorch", "train", "training")
 
-#: bins of the change-probability histograms that calibrate the change threshold
-THRESHOLD_BINS = 50
 #: size of the retrieval embeddings a run adds when it trains the retrieval task (override: retrieval_dim)
 RETRIEVAL_DIM = 256
 
@@ -95,8 +94,9 @@ class ChangeTask(pl.LightningModule):
         self.tasks = tuple(parse_tasks(options.tasks) or self.model.tasks)
         self._answer_ids = {a: i for i, a in enumerate(config.answers)}
         self._type_ids = {t: i for i, t in enumerate(config.qtypes)}
-        #: the change threshold that maximised the last validation's change F1
+        #: the change threshold that maximised the last validation's change F1 (mean over its sources)
         self.calibrated_threshold: float | None = None
+        self.val_sources = SourceIndex()
         self.frozen: tuple[str, ...] = ()
 
     def freeze(self, parts: tuple[str, ...]) -> None:
@@ -236,7 +236,7 @@ class ChangeTask(pl.LightningModule):
         classes = self.model.config.classes
         self._confusion = ConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX) if classes else None
         self._binary_confusion = ConfusionMatrix(2, ignore_index=IGNORE_INDEX)
-        self._histograms = None  # change probabilities of changed / unchanged validation pixels
+        self._histograms = None  # per validation source, P(change) of changed / unchanged pixels
 
     def validation_step(self, batch, batch_idx):
         if self.sequences:
@@ -245,7 +245,7 @@ class ChangeTask(pl.LightningModule):
                 self.model.config.temporal_threshold / (1 - self.model.config.temporal_threshold)
             )
             self._temporal.update(logits > threshold, target)
-            self._update_histograms(logits, binary_target(target))
+            self._update_histograms(logits, binary_target(target), batch["id"])
             return
         out = self._forward(batch)
         device = out.memory.device
@@ -269,7 +269,7 @@ class ChangeTask(pl.LightningModule):
             self._confusion.update(pred, target.masked_fill(target == UNKNOWN_CHANGE, IGNORE_INDEX))
             self._binary_confusion.update(pred > 0, binary_target(target))
             if out.change_logit is not None:
-                self._update_histograms(out.change_logit, binary_target(target))
+                self._update_histograms(out.change_logit, binary_target(target), batch["id"])
         if "caption" in self.tasks:
             texts = self.processor.decode(self.model.decoder.generate(out.memory, beam_size=1))
             self._captions.update(batch["id"], texts, batch["captions"], batch["changed"].tolist())
@@ -280,25 +280,15 @@ class ChangeTask(pl.LightningModule):
                 batch["id"], self.model.embed_pairs(out.memory), texts, flat, batch["changed"].tolist()
             )
 
-    def _update_histograms(self, change_logit, target) -> None:
+    def _update_histograms(self, change_logit, target, ids: list[str]) -> None:
         if self._histograms is None:
-            self._histograms = torch.zeros(2, THRESHOLD_BINS, dtype=torch.float64)
-        valid = target != IGNORE_INDEX
-        probs = change_logit.detach().float().sigmoid()[valid]
-        labels = target[valid]
-        for row, value in ((0, 0), (1, 1)):
-            hist = torch.histc(probs[labels == value], bins=THRESHOLD_BINS, min=0.0, max=1.0)
-            self._histograms[row] += hist.double().cpu()
-
-    def _calibrate(self) -> tuple[float, float]:
-        """(threshold, change F1 at it): the bin edge that maximises pooled change F1 on validation."""
-        neg, pos = self._histograms
-        tp = pos.flip(0).cumsum(0).flip(0)  # changed pixels with P >= edge k / BINS
-        fp = neg.flip(0).cumsum(0).flip(0)
-        fn = pos.sum() - tp
-        f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
-        best = int(f1[1:].argmax()) + 1  # edge 0 would call every pixel changed
-        return best / THRESHOLD_BINS, float(f1[best])
+            self._histograms = probability_histograms(self.val_sources.count)
+        probs = change_logit.detach().float().sigmoid()
+        for k, pair_id in enumerate(ids):  # a sequence batch holds [B, T-1, H, W]: k indexes pairs either way
+            valid = target[k] != IGNORE_INDEX
+            add_probabilities(
+                self._histograms, self.val_sources.of(pair_id), probs[k][valid], target[k][valid] == 1
+            )
 
     def _gather_validation(self) -> None:
         """Under DDP each rank saw a shard of the validation split: merge every rank's accumulators so
@@ -340,7 +330,7 @@ class ChangeTask(pl.LightningModule):
             for key, name in (("change_F1", "F1"), ("change_IoU", "IoU")):
                 values[key] = float(binary["per_class"]["change"][name] or 0.0)
         if self._histograms is not None:
-            self.calibrated_threshold, values["change_F1_cal"] = self._calibrate()
+            self.calibrated_threshold, values["change_F1_cal"] = calibrate(self._histograms)
             values["change_threshold"] = self.calibrated_threshold
         if len(self._answers):
             scores = self._answers.compute()
@@ -746,6 +736,7 @@ def train(options: TrainOptions, resume: bool = False) -> dict[str, Any] | None:
     pl.seed_everything(options.seed, workers=True, verbose=False)
     val_ds, _ = open_pairs(options.data, "val", options.format, check_files=False)
     task = ChangeTask(config, vocab, options, tuple(val_ds.no_change_sentences))
+    task.val_sources = SourceIndex.of_dataset(val_ds)
     tasks = task.tasks
     if options.init and not resume and launched_rank == 0:
         counts = load_init_weights(task.model, options.init)
