@@ -432,3 +432,19 @@ def test_a_frozen_packaged_backbone_stays_out_of_the_weights_file(tmp_path):
         next(model.backbone.parameters()).add_(1.0)
     with pytest.raises(ValueError, match="differs from the packaged weights"):
         save_pretrained(model, processor, tmp_path / "other", backbone="package")
+
+
+def test_a_mix_calibrates_its_change_threshold_on_the_mean_of_its_sources(tmp_path, synth):
+    binary_folder(tmp_path / "cd")
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"tile: 64\nsources:\n  - {synth}\n  - path: cd\n    format: folder\n")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    out = tmp_path / "run"
+    cli("train", "--config", config, "--data", mix, "--out", out, "--tasks", "mask", "--epochs", "1")
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    per_source = {k: v for k, v in row.items() if k.startswith("val/change_F1_cal/")}
+    assert set(per_source) == {f"val/change_F1_cal/{synth.name}", "val/change_F1_cal/cd"}
+    assert row["val/change_F1_cal"] == pytest.approx(sum(per_source.values()) / 2, abs=1e-6)
+    saved = json.loads((out / "model" / "config.json").read_text())["change_threshold"]
+    assert saved == pytest.approx(row["val/change_threshold"])

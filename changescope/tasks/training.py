@@ -41,7 +41,14 @@ from changescope.data.sample import BINARY_CLASSES, IGNORE_INDEX, UNKNOWN_CHANGE
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError, require
 from changescope.fileio import write_json_atomic
-from changescope.metrics.threshold import SourceIndex, add_probabilities, calibrate, probability_histograms
+from changescope.metrics.threshold import (
+    THRESHOLD_BINS,
+    SourceIndex,
+    add_probabilities,
+    calibrate,
+    f1_curves,
+    probability_histograms,
+)
 from changescope.models.change_model import ChangeModel
 from changescope.models.config import ModelConfig
 from changescope.models.heads.mask_head import mask_loss
@@ -332,6 +339,12 @@ class ChangeTask(pl.LightningModule):
         if self._histograms is not None:
             self.calibrated_threshold, values["change_F1_cal"] = calibrate(self._histograms)
             values["change_threshold"] = self.calibrated_threshold
+            if self.val_sources.count > 1:  # what the mean is made of: each source's F1 at that threshold
+                at = round(self.calibrated_threshold * THRESHOLD_BINS)
+                curves, counted = f1_curves(self._histograms), self._histograms[:, 1].sum(-1)
+                for s, name in enumerate(self.val_sources.names):
+                    if counted[s] > 0:  # a source with changed pixels in this validation
+                        values[f"change_F1_cal/{Path(name).name}"] = float(curves[s, at])
         if len(self._answers):
             scores = self._answers.compute()
             values["vqa_OA"], values["vqa_AA"] = scores["OA"], scores["AA"]
