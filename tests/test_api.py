@@ -80,11 +80,14 @@ def test_bf16_matches_fp32_on_the_change_map(pipe, synth):
     assert fast.precision == "bf16" and pipe.precision == "fp32"
     folder = synth / "images" / "test"
     agree = []
-    for a in sorted((folder / "A").iterdir())[:4]:
-        b = folder / "B" / a.name
-        agree.append((pipe.detect(a, b).mask == fast.detect(a, b).mask).mean())
-        assert isinstance(fast.describe(a, b), str)
+    # 3 pairs, one describe: bf16 is emulated (slow) on CPUs without AMX / AVX-512 BF16 units
+    pairs = [(a, folder / "B" / a.name) for a in sorted((folder / "A").iterdir())[:3]]
+    for a, b in pairs:
+        found = fast.detect(a, b)
+        agree.append((pipe.detect(a, b).mask == found.mask).mean())
+        assert isinstance(found.result["caption"], str)
     assert min(agree) > 0.98, agree
+    assert isinstance(fast.describe(*pairs[0]), str)
 
 
 def test_detect_runs_the_backbone_once_and_matches_mask_then_caption(pipe, pair):
