@@ -22,7 +22,7 @@ from changescope.fileio import write_json_atomic
 from changescope.metrics.threshold import (
     THRESHOLD_BINS,
     SourceIndex,
-    add_probabilities,
+    add_batch,
     calibrate,
     f1_curves,
     probability_histograms,
@@ -42,11 +42,8 @@ def histograms_of(model, processor, dataset, batch_size: int) -> tuple[torch.Ten
         out = model(images)
         if out.change_logit is None:
             raise SystemExit(f"{model.config.preset}: this model has no change head to calibrate")
-        probs = out.change_logit.float().sigmoid()
-        for sample, p in zip(samples, probs, strict=True):
-            target = binary_target(processor.resize_mask(sample["mask"]))
-            valid = target != 255
-            add_probabilities(histograms, sources.of(sample["id"]), p[valid], target[valid] == 1)
+        target = torch.stack([binary_target(processor.resize_mask(s["mask"])) for s in samples])
+        add_batch(histograms, sources, out.change_logit, target, [s["id"] for s in samples])
     return histograms, sources
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from changescope.data.sample import IGNORE_INDEX
+
 #: bins of the change-probability histograms (edges k / BINS are the candidate thresholds)
 THRESHOLD_BINS = 100
 
@@ -29,6 +31,15 @@ def add_probabilities(
     for row, value in ((0, False), (1, True)):
         hist = torch.histc(probs[changed == value].float(), bins=THRESHOLD_BINS, min=0.0, max=1.0)
         histograms[source, row] += hist.double().cpu()
+
+
+def add_batch(histograms: torch.Tensor, sources: SourceIndex, change_logit, target, ids) -> None:
+    """Count a batch: ``change_logit`` and binary ``target`` (0, 1, ``IGNORE_INDEX``) ``[B, ...]``, and pair
+    ``ids`` naming each row's source (a sequence batch's rows hold every interval of a pair)."""
+    probs = change_logit.detach().float().sigmoid()
+    for k, pair_id in enumerate(ids):
+        valid = target[k] != IGNORE_INDEX
+        add_probabilities(histograms, sources.of(pair_id), probs[k][valid], target[k][valid] == 1)
 
 
 def f1_curves(histograms: torch.Tensor) -> torch.Tensor:

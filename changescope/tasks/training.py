@@ -44,7 +44,7 @@ from changescope.fileio import write_json_atomic
 from changescope.metrics.threshold import (
     THRESHOLD_BINS,
     SourceIndex,
-    add_probabilities,
+    add_batch,
     calibrate,
     f1_curves,
     probability_histograms,
@@ -290,12 +290,7 @@ class ChangeTask(pl.LightningModule):
     def _update_histograms(self, change_logit, target, ids: list[str]) -> None:
         if self._histograms is None:
             self._histograms = probability_histograms(self.val_sources.count)
-        probs = change_logit.detach().float().sigmoid()
-        for k, pair_id in enumerate(ids):  # a sequence batch holds [B, T-1, H, W]: k indexes pairs either way
-            valid = target[k] != IGNORE_INDEX
-            add_probabilities(
-                self._histograms, self.val_sources.of(pair_id), probs[k][valid], target[k][valid] == 1
-            )
+        add_batch(self._histograms, self.val_sources, change_logit, target, ids)
 
     def _gather_validation(self) -> None:
         """Under DDP each rank saw a shard of the validation split: merge every rank's accumulators so
