@@ -15,6 +15,9 @@ mask agree on whether anything changed (``tasks.consistency.agrees``), before th
 replaces a "no change" caption contradicted by the mask.
 
     python benchmarks/real_change.py --model default --model OLD_MODEL_DIR [--realdata ../shared/realdata]
+
+A model spec may name a precision and test-time views: ``default@bf16``, ``default@tta=4``,
+``default@fp32@tta=8``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,16 @@ TRAIN_SETS = {
     "30m": [("landsat-taizhou-nanjing", "landsat")],
     "sar": [],
 }
+
+
+def load_spec(spec: str):
+    """``MODEL[@PRECISION][@tta=N]`` -> ``tasks.inference.load``'s triple."""
+    from changescope.tasks.inference import load
+
+    name, *options = spec.split("@")
+    views = [int(o.removeprefix("tta=")) for o in options if o.startswith("tta=")]
+    precisions = [o for o in options if not o.startswith("tta=")]
+    return load(name, precisions[0] if precisions else None, views[0] if views else 1)
 
 
 def scores(confusion: ConfusionMatrix) -> dict[str, float | None]:
@@ -108,11 +121,12 @@ def score_baseline(baseline: DifferenceBaseline, dataset) -> dict:
 
 
 def main() -> None:
-    from changescope.tasks.inference import load
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", action="append", default=[], help="MODEL or MODEL@PRECISION (default@bf16), repeatable"
+        "--model",
+        action="append",
+        default=[],
+        help="MODEL[@PRECISION][@tta=N] (default@bf16, default@tta=4), repeatable",
     )
     parser.add_argument(
         "--realdata", default=str(Path(__file__).resolve().parents[2] / "shared" / "realdata")
@@ -123,7 +137,7 @@ def main() -> None:
     parser.add_argument("--synth", default=None, help="also score this SynthChange folder's test split")
     args = parser.parse_args()
     realdata = Path(args.realdata)
-    models = [(spec, *load(*spec.split("@", 1))[:2]) for spec in args.model]
+    models = [(spec, *load_spec(spec)[:2]) for spec in args.model]
     rows = []
     sets = list(REAL_SETS)
     if args.synth:

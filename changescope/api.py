@@ -47,7 +47,10 @@ class ChangePipeline:
         self.model, self.processor, self.path = model, processor, path
 
     def __repr__(self) -> str:
-        return f"ChangePipeline({str(self.path)!r}, tasks={list(self.tasks)}, precision={self.precision!r})"
+        return (
+            f"ChangePipeline({str(self.path)!r}, tasks={list(self.tasks)}, precision={self.precision!r}, "
+            f"tta={self.tta})"
+        )
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -62,6 +65,11 @@ class ChangePipeline:
     @property
     def precision(self) -> str:
         return self.model.precision
+
+    @property
+    def tta(self) -> int:
+        """Test-time views the change masks average (``load(..., tta=)``)."""
+        return self.model.tta
 
     def describe(self, before, after, *, beam: int = 1, batch_size: int = 32) -> str | list[str]:
         """A caption of what changed. One pair gives a string; two lists (or tuples) of images give a list,
@@ -178,15 +186,17 @@ class ChangePipeline:
 
 
 def load(
-    model: str | Path = "default", precision: str | None = None, device: str | None = None
+    model: str | Path = "default", precision: str | None = None, device: str | None = None, tta: int = 1
 ) -> ChangePipeline:
     """The model ``model`` (a model directory, a training run directory, or 'default': the shipped one) as a
     :class:`ChangePipeline`. ``precision``: 'fp32', 'bf16' or 'fp16' inference autocast (None: the
-    measured default). ``device``: e.g. 'cuda' (default: cpu)."""
+    measured default). ``device``: e.g. 'cuda' (default: cpu). ``tta``: change masks averaged over this
+    many flips and turns of each pair (1, 2, 4 or 8; steadier masks for about that many times the mask
+    work, RESULTS.md "Test-time views")."""
     from changescope.tasks.inference import default_precision
     from changescope.tasks.inference import load as load_model
 
-    loaded, processor, path = load_model(model, precision)
+    loaded, processor, path = load_model(model, precision, tta)
     if device is not None:
         loaded.to(torch.device(device))
         if precision is None:

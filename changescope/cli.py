@@ -42,6 +42,24 @@ def _precision_option():
     )
 
 
+def _tta_option():
+    return typer.Option(
+        1,
+        "--tta",
+        help="Test-time views: average the change masks over N flips and turns of each pair (1, 2, 4 or 8); "
+        "steadier masks for about N times the mask work (benchmarks/RESULTS.md, 'Test-time views').",
+    )
+
+
+def _check_tta(tta: int, stack: bool = False) -> None:
+    from changescope.models.views import VIEW_COUNTS
+
+    if tta not in VIEW_COUNTS:
+        raise typer.BadParameter(f"--tta must be one of {', '.join(map(str, VIEW_COUNTS))}, got {tta}")
+    if stack and tta != 1:
+        raise typer.BadParameter("--tta applies to pairs; a stack of 3+ dates is read in one view")
+
+
 def _check_precision(precision: str | None) -> None:
     from changescope.models.change_model import PRECISIONS
 
@@ -437,6 +455,7 @@ def evaluate(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
     limit: int | None = typer.Option(
         None, "--limit", help="Score only the split's first N pairs (a quick look; papers use whole splits)."
     ),
@@ -462,6 +481,7 @@ def evaluate(
 
     _check_decoding(beam, batch_size, length_penalty)
     _check_precision(precision)
+    _check_tta(tta)
     _check_model(model)
     _input_dir(data)
     _output_file(out, "--out")
@@ -486,6 +506,7 @@ def evaluate(
             meteor=meteor,
             predictions_out=predictions,
             precision=precision,
+            tta=tta,
             limit=limit,
         )
     if out is not None:
@@ -538,6 +559,7 @@ def describe(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
 ) -> None:
     """Say what changed between two images (any size Pillow reads), or for every pair of a folder or
     manifest.
@@ -557,8 +579,11 @@ def describe(
     _check_precision(precision)
     model_spec, inputs = _split_model_arg(paths)
     _no_dates_for_pairs(dates, inputs)
+    _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
     if llm is not None:
+        if tta != 1:
+            raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _describe_llm(llm, inputs, out, as_json, batch_size)
         return
     if len(inputs) >= 3:
@@ -582,7 +607,7 @@ def describe(
     _output_file(out, "--out")
     _check_model(model_spec)
     check_pair_files(pairs)
-    model, processor, model_path = load(model_spec, precision)
+    model, processor, model_path = load(model_spec, precision, tta)
     if out is not None:  # streamed into OUT.part, renamed at the end; a rerun resumes an interrupted one
         from rich.progress import Progress
 
@@ -668,6 +693,7 @@ def detect(
         "instead of resuming.",
     ),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
 
@@ -699,6 +725,7 @@ def detect(
     _check_decoding(beam, batch_size)
     model_spec, inputs = _split_model_arg(paths)
     _no_dates_for_pairs(dates, inputs)
+    _check_tta(tta, stack=len(inputs) >= 3)
     if len(inputs) >= 3:
         if out is None and not as_json:
             raise typer.BadParameter("give --out DIR, --json, or both")
@@ -717,7 +744,7 @@ def detect(
         _check_results_dir(out, pairs)
         _check_model(model_spec)
         check_pair_files(pairs)
-        model, processor, model_path = load(model_spec, precision)
+        model, processor, model_path = load(model_spec, precision, tta)
         _detect_many(model, processor, model_path, pairs, out, min_area, decoding, gsd, overwrite)
         return
     if out is None and not as_json:
@@ -727,7 +754,7 @@ def detect(
         check_output_dir(out, overwrite)
     _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
-    model, processor, model_path = load(model_spec, precision)
+    model, processor, model_path = load(model_spec, precision, tta)
     detection = detect_pair(model, processor, before, after, min_area, decoding, gsd=gsd)
     detection.result["model"] = str(model_path)
     if out is not None:
@@ -877,6 +904,7 @@ def ask(
         False, "--overwrite", help="One pair: replace an earlier output folder in --out."
     ),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
 ) -> None:
     """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
 
@@ -908,8 +936,11 @@ def ask(
     question = check_question(args[-1])
     model_spec, inputs = _split_model_arg(args[:-1])
     _no_dates_for_pairs(dates, inputs)
+    _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
     if llm is not None:
+        if tta != 1:
+            raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _ask_llm(llm, inputs, question, as_json)
         return
     if len(inputs) >= 3:
@@ -920,7 +951,7 @@ def ask(
         _output_file(out, "--out")
         _check_model(model_spec)
         check_pair_files(pairs)
-        model, processor, model_path = load(model_spec, precision)
+        model, processor, model_path = load(model_spec, precision, tta)
         _ask_many(model, processor, model_path, pairs, question, out, min_area, batch_size, as_json)
         return
     before, after = _input_file(Path(inputs[0]), "image"), _input_file(Path(inputs[1]), "image")
@@ -928,7 +959,7 @@ def ask(
         check_output_dir(out, overwrite)
     _check_model(model_spec)
     check_pair_files([(after.stem, before, after)])
-    model, processor, model_path = load(model_spec, precision)
+    model, processor, model_path = load(model_spec, precision, tta)
     answer = ask_pair(model, processor, before, after, question, min_area)
     answer.result["model"] = str(model_path)
     if out is not None:
@@ -1075,6 +1106,7 @@ def scene(
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
 ) -> None:
     """Map what changed between two co-registered scenes of any size, or when it changed over 3+ dates.
 
@@ -1110,6 +1142,7 @@ def scene(
         device=device,
         gsd=gsd,
         precision=precision,
+        tta=tta,
     )
     from changescope.errors import ChangescopeError as _Error
     from changescope.fileio import check_output_dir
@@ -1117,6 +1150,7 @@ def scene(
 
     _positive(gsd, "--gsd")
     _check_precision(precision)
+    _check_tta(tta, stack=len(inputs) >= 3)
     _check_device(device)
     try:
         options.validate()
@@ -1492,6 +1526,7 @@ def serve(
         "search tab and to the agent.",
     ),
     precision: str | None = _precision_option(),
+    tta: int = _tta_option(),
 ) -> None:
     """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
     from changescope.errors import require_all
@@ -1505,6 +1540,7 @@ def serve(
         raise typer.BadParameter("--max-upload-mb must be >= 1")
     _check_llm_url(llm_url)
     _check_precision(precision)
+    _check_tta(tta)
     _check_model(model)
     if index is not None:
         require_all(("faiss",), "search", "serve --index")
@@ -1518,6 +1554,7 @@ def serve(
         llm_url=llm_url,
         llm_model=llm_model,
         precision=precision,
+        tta=tta,
         index=index,
     )
 

@@ -108,3 +108,18 @@ def test_detect_runs_the_backbone_once_and_matches_mask_then_caption(pipe, pair)
         caption = caption_pairs(pipe.model, pipe.processor, tensors[None], Decoding())[0]
     np.testing.assert_array_equal(found.mask, mask)
     assert found.result["model_caption"] == caption
+
+
+def test_test_time_views_average_the_mask_in_one_backbone_pass(pipe, pair):
+    views = changescope.load("default", precision="fp32", tta=4)
+    assert views.tta == 4 and pipe.tta == 1 and "tta=4" in repr(views)
+    batches = []
+    hook = views.model.backbone.body.register_forward_hook(lambda _m, args, _o: batches.append(len(args[0])))
+    try:
+        found = views.detect(*pair)
+    finally:
+        hook.remove()
+    assert batches == [2 * 4]  # before and after of the 4 views, one batch
+    plain = pipe.detect(*pair)
+    assert found.result["model_caption"] == plain.result["model_caption"]  # captions read the pair as given
+    assert found.mask.shape == plain.mask.shape and 0.9 < (found.mask == plain.mask).mean() < 1

@@ -145,3 +145,51 @@ def test_bad_model_directories_are_one_line_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="not a changescope model config"):
         from_pretrained(tmp_path / "m")
+
+
+def test_views_invert_to_the_input_and_a_bad_count_is_refused():
+    from changescope.models.views import VIEWS, apply_view, check_views, invert_view
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    seen = set()
+    for k in range(len(VIEWS)):
+        view = apply_view(x, k)
+        assert torch.equal(invert_view(view, k), x)
+        seen.add(tuple(view[0, 0].flatten().tolist()))
+    assert len(seen) == 8  # eight different orientations
+    with pytest.raises(ChangescopeError, match="--tta .* must be one of 1, 2, 4, 8, got 3"):
+        check_views(3)
+    with pytest.raises(ValueError, match="need it square"):
+        apply_view(torch.rand(1, 4, 6), 5)
+
+
+@pytest.mark.parametrize("views", [2, 4, 8])
+def test_test_time_views_average_masks_and_keep_the_change_tokens(views):
+    config = build_config(
+        "chg2cap",
+        0,
+        **{**TINY, "classes": ["background", "road", "building"], "change_head_kwargs": {"channels": 16}},
+    )
+    config.change_threshold = 0.3
+    torch.manual_seed(0)
+    model = ChangeModel(config).eval()
+    images = torch.rand(2, 2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(images)
+        model.set_tta(views)
+        out = model(images)
+        # the views form a group: a mirrored pair gives the mirrored average, which one view does not
+        mirrored = model(images.flip(-1))
+        assert torch.allclose(mirrored.change_logit, out.change_logit.flip(-1), atol=1e-4)
+        assert torch.allclose(mirrored.mask_logits, out.mask_logits.flip(-1), atol=1e-4)
+        assert not torch.allclose(plain.change_logit, out.change_logit, atol=1e-3)
+        # captions and answers read the pair as given: the change tokens are the first view's
+        assert torch.allclose(out.memory, plain.memory, atol=1e-5)
+        if views == 8:  # and a quarter turn gives the turned average
+            turned = model(images.transpose(-1, -2).flip(-1))
+            assert torch.allclose(turned.change_logit, out.change_logit.transpose(-1, -2).flip(-1), atol=1e-4)
+        if views <= 4:  # the mean of the change logits of each mirror, mapped back
+            model.set_tta(1)
+            flips = [(), (-1,), (-2,), (-2, -1)][:views]
+            by_hand = [model(images.flip(d)).change_logit.flip(d) for d in flips]
+            assert torch.allclose(out.change_logit, torch.stack(by_hand).mean(0), atol=1e-4)

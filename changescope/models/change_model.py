@@ -35,6 +35,7 @@ from changescope.models.heads.query_heads import AnswerHead, GroundingHead, Quer
 from changescope.models.heads.retrieval_head import RetrievalHead
 from changescope.models.heads.temporal_head import TemporalChangeHead
 from changescope.models.question_encoder import build_question_encoder
+from changescope.models.views import apply_view, check_views, invert_view
 
 #: inference precision -> autocast dtype (None: plain fp32)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -108,6 +109,8 @@ class ChangeModel(nn.Module):
             )
         self.config = config
         self.precision = "fp32"
+        #: test-time views averaged for the change masks at inference (``set_tta``)
+        self.tta = 1
         self.single_stream = getattr(ENCODERS.get(config.encoder), "single_stream", False)
         self.backbone = Backbone(
             config.backbone,
@@ -214,6 +217,13 @@ class ChangeModel(nn.Module):
         self.precision = precision
         return self
 
+    def set_tta(self, views: int) -> ChangeModel:
+        """Test-time augmentation: average the change masks of inference over ``views`` flips and turns of
+        each pair (1, 2, 4, 8; ``models/views.py``), about ``views`` times the mask work for a steadier
+        map. Captions, answers and the change tokens come from the pair as given; training ignores it."""
+        self.tta = check_views(views)
+        return self
+
     def autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None or self.training:
@@ -273,6 +283,13 @@ class ChangeModel(nn.Module):
         keeps the fused change map for :meth:`ground`."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features, not both")
+        has_masks = self.mask_head is not None and self.mask_head.classifier is not None
+        if self.tta > 1 and not self.training and has_masks and images is not None and masks:
+            if tokens is None and not pixels:
+                return self._forward_views(images)
+        return self._pass(images, tokens, features, masks, pixels)
+
+    def _pass(self, images, tokens, features, masks, pixels) -> ChangeOutput:
         levels = self.levels(images) if features is None else features
         memory = self._tokens(levels, images)
         out = ChangeOutput(memory)
@@ -300,6 +317,21 @@ class ChangeModel(nn.Module):
                 if value is not None:
                     setattr(out, name, value.float())
         return out
+
+    def _forward_views(self, images: Tensor) -> ChangeOutput:
+        """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair (one pass
+        over all of them); the change tokens are the first view's, the pair as given."""
+        b, n = images.shape[0], self.tta
+        out = self._pass(torch.cat([apply_view(images, k) for k in range(n)]), None, None, True, False)
+
+        def mean(x: Tensor) -> Tensor:
+            return torch.stack([invert_view(x[k * b : (k + 1) * b].float(), k) for k in range(n)]).mean(0)
+
+        # class scores average as log-probabilities, so no view's logit scale outweighs another's
+        result = ChangeOutput(out.memory[:b], class_logits=mean(out.class_logits.float().log_softmax(1)))
+        result.change_logit = None if out.change_logit is None else mean(out.change_logit)
+        result.mask_logits = compose(result.class_logits, result.change_logit, self.config.change_threshold)
+        return result
 
     # -- sequences of T dates ------------------------------------------------------------------------
 

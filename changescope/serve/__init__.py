@@ -17,6 +17,7 @@ def serve(
     llm_model: str | None = None,
     precision: str | None = None,
     index: str | Path | None = None,
+    tta: int = 1,
 ) -> None:
     """Load ``model`` once and serve the API on ``host:port`` until interrupted (docs at ``/docs``, web
     app at ``/ui``). ``llm_url`` / ``llm_model`` are handed to the chat agent; ``index`` (a search index
@@ -32,6 +33,7 @@ def serve(
         model,
         max_upload_bytes=int(max_upload_mb * 2**20),
         precision=precision,
+        tta=tta,
         index=index,
         agent_options={"model": str(model), "llm_url": llm_url, "llm_model": llm_model},
     )

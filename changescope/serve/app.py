@@ -252,15 +252,16 @@ def create_app(
     agent_options: dict[str, Any] | None = None,
     precision: str | None = None,
     index: str | Path | None = None,
+    tta: int = 1,
 ) -> FastAPI:
     """The API around ``model`` (loaded once, here; a ChangeLLM answers ``/chat`` and the web app's chat
     itself, seeing the session's images, and its vision model serves the other routes). ``workdir`` holds
     scene jobs and chat sessions (a temporary directory, removed at shutdown, when None).
     ``agent_factory(session_dir)`` builds a chat agent; None uses ``changescope.agent.build_agent`` with
     ``agent_options``. ``web`` mounts the Gradio app at ``/ui``. ``precision`` sets the inference autocast
-    of the process's one model. ``index`` (a folder written by ``changescope index`` with this model) is
-    loaded once, here, for ``/search``, the web app's search tab and the chat agent's ``search_archive``
-    tool; without it ``/search`` answers 404."""
+    of the process's one model, ``tta`` the test-time views its change masks average. ``index`` (a folder
+    written by ``changescope index`` with this model) is loaded once, here, for ``/search``, the web app's
+    search tab and the chat agent's ``search_archive`` tool; without it ``/search`` answers 404."""
     change_llm = _change_llm(model)
     if change_llm is not None:  # the LM answers /chat; its vision model serves every other route
         from changescope.models.llm_hub import VISION_DIR
@@ -269,6 +270,7 @@ def create_app(
     predictor = Predictor(model)
     if precision is not None:
         predictor.model.set_precision(precision)
+    predictor.model.set_tta(tta)
     archive = Archive(index, predictor) if index is not None else None
     if archive is not None and agent_factory is None:
         agent_options = {**(agent_options or {}), "index": str(archive.path)}

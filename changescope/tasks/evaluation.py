@@ -281,16 +281,18 @@ def evaluate(
     predictions_out: str | Path | None = None,
     precision: str | None = None,
     limit: int | None = None,
+    tta: int = 1,
 ) -> dict[str, Any]:
     """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
     gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type), ``grounding`` (mIoU, cIoU) and
     ``retrieval`` (both directions, RSICRC's numbers, changed pairs only, and the caption-embedding
-    baseline). ``limit``: only the split's first pairs (a quick look; papers score whole splits)."""
+    baseline). ``limit``: only the split's first pairs (a quick look; papers score whole splits). ``tta``: the
+    test-time views the change masks average (``ChangeModel.set_tta``)."""
     from changescope.data.sample import BINARY_CLASSES
     from changescope.tasks.queries import first_pairs, open_pairs
 
     decoding = decoding or Decoding()
-    model, processor, path = load(spec, precision)
+    model, processor, path = load(spec, precision, tta)
     dataset, records = open_pairs(data, split, format)
     records = first_pairs(dataset, [r for r in records if r.task in model.tasks], limit)
     with_masks = "mask" in model.tasks and dataset.has_masks
@@ -325,6 +327,7 @@ def evaluate(
             "tasks": list(model.tasks),
             "decoding": {**asdict(decoding), "max_len": processor.max_len},
             "precision": model.precision,
+            "tta": model.tta,
             "vocab_sha256": processor.vocab.sha256 if processor.vocab is not None else None,
             "seed": json.loads(training.read_text())["seed"] if training.is_file() else None,
             "data": str(data),

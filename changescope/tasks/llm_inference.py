@@ -58,7 +58,7 @@ def look(model, processor, pairs: Sequence[tuple[Any, Any]], min_area: int = MIN
 
     if "mask" not in model.vision.tasks:
         with torch.inference_mode():
-            memory, last = model.vision_features(torch.stack([processor.read_pair(*p) for p in pairs]))
+            memory, last = _vision_pass(model, processor, pairs)
         return [Sight((memory[i : i + 1], last[i : i + 1]), None) for i in range(len(pairs))]
     rows = [(str(i), a, b) for i, (a, b) in enumerate(pairs)]
     seen = iter_detections(

@@ -33,6 +33,7 @@ import torch
 
 from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic, write_text_atomic
+from changescope.models.views import check_views
 from changescope.postprocess import MIN_AREA
 
 #: GDAL block cache for a scene run, in MB: enough for a few rows of 256 x 256 blocks of A, B and the output
@@ -67,6 +68,9 @@ class SceneOptions:
     device: str = "cpu"
     #: inference autocast: "fp32", "bf16" or "fp16" (None: tasks.inference.default_precision())
     precision: str | None = None
+    #: test-time views averaged for the change masks when scene loads the model (1, 2, 4, 8; ``set_tta``);
+    #: None: 1, or a loaded model's own setting
+    tta: int | None = None
     #: metres per pixel of the scenes (None: from A's georeference); far from the model's GSD, tiles are
     #: read larger or smaller so the model sees its own GSD
     gsd: float | None = None
@@ -81,6 +85,8 @@ class SceneOptions:
         for name in ("batch_size", "beam"):
             if getattr(self, name) < 1:
                 raise ChangescopeError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.tta is not None:
+            check_views(self.tta)
 
 
 def parse_bands(text: str | None, option: str = "--bands") -> tuple[int, int, int] | None:
@@ -94,6 +100,18 @@ def parse_bands(text: str | None, option: str = "--bands") -> tuple[int, int, in
     if len(bands) != 3 or min(bands) < 1:
         raise ChangescopeError(f"{option}: give exactly 3 band numbers (R,G,B), each >= 1, not '{text}'")
     return bands  # type: ignore[return-value]
+
+
+def _loaded(model, options: SceneOptions):
+    """``(model, processor, path)``: ``model`` as given when already loaded, else loaded with the options'
+    precision and test-time views."""
+    from changescope.tasks.inference import load
+
+    if not isinstance(model, tuple):
+        return load(model, options.precision, options.tta or 1)
+    if options.tta is not None and options.tta != model[0].tta:
+        raise ChangescopeError(f"tta={options.tta}: test-time views are set when the model is loaded (tta=)")
+    return model
 
 
 def _predictor(model, processor, batch_size: int):
@@ -246,6 +264,7 @@ class _Run:
 
     def close_summary(self, summary: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
         summary["resolution"] = self.resolution
+        summary["tta"] = self.model.tta
         summary["seconds"] = round(time.perf_counter() - self.start, 2)
         summary["outputs"] = outputs
         return summary
@@ -256,7 +275,6 @@ def _run(paths, out, model, options, progress, overwrite, finish, labels=None) -
     and returns the summary, written last as ``summary.json``."""
     from changescope.errors import require
     from changescope.fileio import check_output_dir, output_dir
-    from changescope.tasks.inference import load
 
     rasterio = require("rasterio", "geo", "scenes")
     from changescope.geo.raster import aligned_stack
@@ -273,7 +291,7 @@ def _run(paths, out, model, options, progress, overwrite, finish, labels=None) -
         aligned_stack(paths, options.bands, bands_b=options.bands_b, stretch=options.stretch) as stack,
         output_dir(out, overwrite) as tmp,
     ):
-        model, processor, model_path = model if isinstance(model, tuple) else load(model, options.precision)
+        model, processor, model_path = _loaded(model, options)
         model.require("mask")
         resolution = _resolution(model, stack, options)
         model.to(torch.device(options.device))
