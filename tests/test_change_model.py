@@ -185,6 +185,10 @@ def test_test_time_views_average_masks_and_keep_the_change_tokens(views):
         assert not torch.allclose(plain.change_logit, out.change_logit, atol=1e-3)
         # captions and answers read the pair as given: the change tokens are the first view's
         assert torch.allclose(out.memory, plain.memory, atol=1e-5)
+        grounded = model(images, pixels=True)  # what grounding reads: the first view's map, averaged masks
+        assert torch.allclose(grounded.pixels, model.set_tta(1)(images, pixels=True).pixels, atol=1e-5)
+        assert torch.allclose(grounded.mask_logits, out.mask_logits, atol=1e-5)
+        model.set_tta(views)
         if views == 8:  # and a quarter turn gives the turned average
             turned = model(images.transpose(-1, -2).flip(-1))
             assert torch.allclose(turned.change_logit, out.change_logit.transpose(-1, -2).flip(-1), atol=1e-4)

@@ -285,8 +285,8 @@ class ChangeModel(nn.Module):
             raise ValueError("pass images or features, not both")
         has_masks = self.mask_head is not None and self.mask_head.classifier is not None
         if self.tta > 1 and not self.training and has_masks and images is not None and masks:
-            if tokens is None and not pixels:
-                return self._forward_views(images)
+            if tokens is None:
+                return self._forward_views(images, pixels)
         return self._pass(images, tokens, features, masks, pixels)
 
     def _pass(self, images, tokens, features, masks, pixels) -> ChangeOutput:
@@ -318,11 +318,12 @@ class ChangeModel(nn.Module):
                     setattr(out, name, value.float())
         return out
 
-    def _forward_views(self, images: Tensor) -> ChangeOutput:
+    def _forward_views(self, images: Tensor, pixels: bool) -> ChangeOutput:
         """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair (one pass
-        over all of them); the change tokens are the first view's, the pair as given."""
+        over all of them); the change tokens (and the fused map, ``pixels``) are the first view's, the pair
+        as given."""
         b, n = images.shape[0], self.tta
-        out = self._pass(torch.cat([apply_view(images, k) for k in range(n)]), None, None, True, False)
+        out = self._pass(torch.cat([apply_view(images, k) for k in range(n)]), None, None, True, pixels)
 
         def mean(x: Tensor) -> Tensor:
             return torch.stack([invert_view(x[k * b : (k + 1) * b].float(), k) for k in range(n)]).mean(0)
@@ -330,6 +331,7 @@ class ChangeModel(nn.Module):
         # class scores average as log-probabilities, so no view's logit scale outweighs another's
         result = ChangeOutput(out.memory[:b], class_logits=mean(out.class_logits.float().log_softmax(1)))
         result.change_logit = None if out.change_logit is None else mean(out.change_logit)
+        result.pixels = out.pixels[:b] if pixels else None
         result.mask_logits = compose(result.class_logits, result.change_logit, self.config.change_threshold)
         return result
 
