@@ -186,13 +186,16 @@ class ChangePipeline:
 
 
 def load(
-    model: str | Path = "default", precision: str | None = None, device: str | None = None, tta: int = 1
+    model: str | Path = "default",
+    precision: str | None = None,
+    device: str | None = None,
+    tta: int | None = None,
 ) -> ChangePipeline:
     """The model ``model`` (a model directory, a training run directory, or 'default': the shipped one) as a
     :class:`ChangePipeline`. ``precision``: 'fp32', 'bf16' or 'fp16' inference autocast (None: the
     measured default). ``device``: e.g. 'cuda' (default: cpu). ``tta``: change masks averaged over this
-    many flips and turns of each pair (1, 2, 4 or 8; steadier masks for about that many times the mask
-    work, RESULTS.md "Test-time views")."""
+    many flips and turns of each pair (1, 2, 4 or 8; None: the model's own setting, 4 for the default;
+    steadier masks for about that many times the mask work, RESULTS.md "Test-time views")."""
     from changescope.tasks.inference import default_precision
     from changescope.tasks.inference import load as load_model
 

@@ -44,19 +44,20 @@ def _precision_option():
 
 def _tta_option():
     return typer.Option(
-        1,
+        None,
         "--tta",
-        help="Test-time views: average the change masks over N flips and turns of each pair (1, 2, 4 or 8); "
-        "steadier masks for about N times the mask work (benchmarks/RESULTS.md, 'Test-time views').",
+        help="Test-time views: average the change masks over N flips and turns of each pair (1, 2, 4 or 8; "
+        "default: the model's own, 4 for the shipped default); about N times the mask work, and --tta 1 is "
+        "the fastest (benchmarks/RESULTS.md, 'Test-time views').",
     )
 
 
-def _check_tta(tta: int, stack: bool = False) -> None:
+def _check_tta(tta: int | None, stack: bool = False) -> None:
     from changescope.models.views import VIEW_COUNTS
 
-    if tta not in VIEW_COUNTS:
+    if tta is not None and tta not in VIEW_COUNTS:
         raise typer.BadParameter(f"--tta must be one of {', '.join(map(str, VIEW_COUNTS))}, got {tta}")
-    if stack and tta != 1:
+    if stack and tta not in (None, 1):
         raise typer.BadParameter("--tta applies to pairs; a stack of 3+ dates is read in one view")
 
 
@@ -455,7 +456,7 @@ def evaluate(
         None, "--meteor/--no-meteor", help="METEOR needs Java; default: if found."
     ),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
     limit: int | None = typer.Option(
         None, "--limit", help="Score only the split's first N pairs (a quick look; papers use whole splits)."
     ),
@@ -559,7 +560,7 @@ def describe(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
 ) -> None:
     """Say what changed between two images (any size Pillow reads), or for every pair of a folder or
     manifest.
@@ -582,7 +583,7 @@ def describe(
     _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
     if llm is not None:
-        if tta != 1:
+        if tta not in (None, 1):
             raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _describe_llm(llm, inputs, out, as_json, batch_size)
         return
@@ -693,7 +694,7 @@ def detect(
         "instead of resuming.",
     ),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
 ) -> None:
     """Find what changed where between two images: a class mask, an overlay, areas, objects and a caption.
 
@@ -904,7 +905,7 @@ def ask(
         False, "--overwrite", help="One pair: replace an earlier output folder in --out."
     ),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
 ) -> None:
     """Ask about what changed: prints the answer; --out also writes where (the grounding mask, overlay).
 
@@ -939,7 +940,7 @@ def ask(
     _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
     if llm is not None:
-        if tta != 1:
+        if tta not in (None, 1):
             raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _ask_llm(llm, inputs, question, as_json)
         return
@@ -1106,7 +1107,7 @@ def scene(
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder in --out."),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
 ) -> None:
     """Map what changed between two co-registered scenes of any size, or when it changed over 3+ dates.
 
@@ -1526,7 +1527,7 @@ def serve(
         "search tab and to the agent.",
     ),
     precision: str | None = _precision_option(),
-    tta: int = _tta_option(),
+    tta: int | None = _tta_option(),
 ) -> None:
     """Serve the REST API (/docs), the web app (/ui) and the agent (/chat) over HTTP."""
     from changescope.errors import require_all

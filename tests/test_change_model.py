@@ -145,6 +145,17 @@ def test_bad_model_directories_are_one_line_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="not a changescope model config"):
         from_pretrained(tmp_path / "m")
+    config["format"], config["tta"] = "changescope-model/1", 3
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="config.json: tta must be 1, 2, 4 or 8 test-time views, got 3"):
+        from_pretrained(tmp_path / "m")
+
+
+def test_the_default_averages_four_views_unless_told():
+    from changescope.tasks.inference import load
+
+    assert load("default", "fp32")[0].tta == 4  # its config's tta
+    assert load("default", "fp32", tta=1)[0].tta == 1
 
 
 def test_views_invert_to_the_input_and_a_bad_count_is_refused():

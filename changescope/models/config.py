@@ -45,6 +45,9 @@ class ModelConfig:
     change_head_kwargs: dict[str, Any] = field(default_factory=dict)
     #: P(change) above which a pixel counts as changed (calibrated on the validation split in training)
     change_threshold: float = 0.5
+    #: test-time views inference averages the change masks over unless told otherwise (``--tta``; 1, 2, 4
+    #: or 8, ``ChangeModel.set_tta``); training and validation always read one view
+    tta: int = 1
     #: the temporal change head for T >= 2 dates (``heads/temporal_head.py`` options, e.g.
     #: ``{"d_model": 64}``); empty = none, and a sequence is read one interval at a time by the pair heads
     temporal_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +95,8 @@ class ModelConfig:
             values["gsd"] = [float(values["gsd"])]
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
+        if values.get("tta", 1) not in (1, 2, 4, 8):  # models.views.VIEW_COUNTS (that module needs torch)
+            raise DataError(source, f"tta must be 1, 2, 4 or 8 test-time views, got {values['tta']!r}")
         return cls(**values)
 
     def save(self, path: str | Path) -> None:

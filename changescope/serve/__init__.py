@@ -17,7 +17,7 @@ def serve(
     llm_model: str | None = None,
     precision: str | None = None,
     index: str | Path | None = None,
-    tta: int = 1,
+    tta: int | None = None,
 ) -> None:
     """Load ``model`` once and serve the API on ``host:port`` until interrupted (docs at ``/docs``, web
     app at ``/ui``). ``llm_url`` / ``llm_model`` are handed to the chat agent; ``index`` (a search index

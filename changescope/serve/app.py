@@ -252,7 +252,7 @@ def create_app(
     agent_options: dict[str, Any] | None = None,
     precision: str | None = None,
     index: str | Path | None = None,
-    tta: int = 1,
+    tta: int | None = None,
 ) -> FastAPI:
     """The API around ``model`` (loaded once, here; a ChangeLLM answers ``/chat`` and the web app's chat
     itself, seeing the session's images, and its vision model serves the other routes). ``workdir`` holds
@@ -270,7 +270,8 @@ def create_app(
     predictor = Predictor(model)
     if precision is not None:
         predictor.model.set_precision(precision)
-    predictor.model.set_tta(tta)
+    if tta is not None:
+        predictor.model.set_tta(tta)
     archive = Archive(index, predictor) if index is not None else None
     if archive is not None and agent_factory is None:
         agent_options = {**(agent_options or {}), "index": str(archive.path)}

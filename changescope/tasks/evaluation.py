@@ -281,13 +281,13 @@ def evaluate(
     predictions_out: str | Path | None = None,
     precision: str | None = None,
     limit: int | None = None,
-    tta: int = 1,
+    tta: int | None = None,
 ) -> dict[str, Any]:
     """Run every task the model and the data share on ``split`` and score it: caption keys as ``score``
     gives them, ``detection`` (change masks), ``vqa`` (OA, AA, per type), ``grounding`` (mIoU, cIoU) and
     ``retrieval`` (both directions, RSICRC's numbers, changed pairs only, and the caption-embedding
     baseline). ``limit``: only the split's first pairs (a quick look; papers score whole splits). ``tta``: the
-    test-time views the change masks average (``ChangeModel.set_tta``)."""
+    test-time views the change masks average (None: the model's own; ``ChangeModel.set_tta``)."""
     from changescope.data.sample import BINARY_CLASSES
     from changescope.tasks.queries import first_pairs, open_pairs
 

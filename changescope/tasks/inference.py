@@ -67,15 +67,16 @@ def resolve_model(spec: str | Path) -> Path:
 
 
 def load(
-    spec: str | Path, precision: str | None = None, tta: int = 1
+    spec: str | Path, precision: str | None = None, tta: int | None = None
 ) -> tuple[ChangeModel, ChangeProcessor, Path]:
     """``(model, processor, path)`` for a model directory, run directory or 'default'; ``precision``
     ('fp32', 'bf16', 'fp16'; None: ``default_precision()``) is the inference autocast (``set_precision``),
-    ``tta`` the test-time views its change masks average (1, 2, 4, 8; ``set_tta``)."""
+    ``tta`` the test-time views its change masks average (1, 2, 4, 8; None: the model's ``config.tta``;
+    ``set_tta``)."""
     path = resolve_model(spec)
     model, processor = from_pretrained(path)
     model.set_precision(precision or default_precision())
-    model.set_tta(tta)
+    model.set_tta(tta or model.config.tta)
     return model, processor, path
 
 

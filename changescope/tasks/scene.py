@@ -69,7 +69,7 @@ class SceneOptions:
     #: inference autocast: "fp32", "bf16" or "fp16" (None: tasks.inference.default_precision())
     precision: str | None = None
     #: test-time views averaged for the change masks when scene loads the model (1, 2, 4, 8; ``set_tta``);
-    #: None: 1, or a loaded model's own setting
+    #: None: the model's own setting
     tta: int | None = None
     #: metres per pixel of the scenes (None: from A's georeference); far from the model's GSD, tiles are
     #: read larger or smaller so the model sees its own GSD
@@ -108,7 +108,7 @@ def _loaded(model, options: SceneOptions):
     from changescope.tasks.inference import load
 
     if not isinstance(model, tuple):
-        return load(model, options.precision, options.tta or 1)
+        return load(model, options.precision, options.tta)
     if options.tta is not None and options.tta != model[0].tta:
         raise ChangescopeError(f"tta={options.tta}: test-time views are set when the model is loaded (tta=)")
     return model
