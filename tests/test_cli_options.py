@@ -114,6 +114,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-llm-missing", "train --data {synth} --out {out} --preset llm-tiny --llm {missing}", ".gguf"),
     # evaluate
     ("evaluate-precision", "evaluate default --data {synth} --precision fp8", "--precision"),
+    ("evaluate-tta", "evaluate default --data {synth} --tta 3", "--tta"),
     ("evaluate-model-missing", "evaluate {missing} --data {synth}", "not found"),
     ("evaluate-model-file", "evaluate {file} --data {synth}", "{file}"),
     ("evaluate-data-missing", "evaluate default --data {missing}", "not found"),
@@ -126,6 +127,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("evaluate-limit-zero", "evaluate default --data {synth} --limit 0", "--limit"),
     # describe
     ("describe-precision", "describe {a} {b} --precision double", "--precision"),
+    ("describe-tta-stack", "describe {a} {b} {a} --tta 4", "--tta"),
     ("describe-one-missing", "describe {missing}", "not found"),
     ("describe-pair-missing", "describe {a} {missing}", "not found"),
     ("describe-stack-dates-count", "describe {a} {b} {a} --dates 2016,2018", "--dates has 2 dates for 3"),
@@ -144,6 +146,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("describe-manifest-suffix", "describe {file}", "manifest"),
     # detect
     ("detect-precision", "detect {a} {b} --out {out} --precision int8", "--precision"),
+    ("detect-tta", "detect {a} {b} --out {out} --tta 0", "--tta"),
     ("detect-min-area", "detect {a} {b} --out {out} --min-area -1", "--min-area"),
     ("detect-beam", "detect {a} {b} --out {out} --beam 0", "--beam"),
     ("detect-gsd-zero", "detect {a} {b} --out {out} --gsd 0", "--gsd"),
@@ -168,6 +171,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("detect-manifest-bad", "detect {manifest} --out {out}", "line 3"),
     # ask
     ("ask-precision", "ask {a} {b} 'what changed?' --precision bf32", "--precision"),
+    ("ask-tta", "ask {a} {b} 'what changed?' --tta 16", "--tta"),
     ("ask-no-question", "ask {a} {b}", "QUESTION"),
     ("ask-empty-question", "ask {a} {b} ' '", "question"),
     ("ask-min-area", "ask {a} {b} 'what changed?' --min-area -5", "--min-area"),
@@ -182,6 +186,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("ask-stack-out-file", "ask {a} {b} {a} 'when?' --out {file}", "a file"),
     # scene
     ("scene-precision", "scene {a} {b} --out {out} --precision half", "--precision"),
+    ("scene-tta", "scene {a} {b} --out {out} --tta 5", "--tta"),
     ("scene-missing", "scene {missing} {b} --out {out}", "not found"),
     ("scene-folder", "scene {folder} {b} --out {out}", "folder"),
     ("scene-tile", "scene {a} {b} --out {out} --tile 8", "--tile"),
@@ -253,6 +258,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("search-clip-weights-not-index", "search {folder} roads --clip-weights {file}", "not a search index"),
     # serve (every row fails before a socket is bound or a model loaded)
     ("serve-precision", "serve --precision fp64", "--precision"),
+    ("serve-tta", "serve --tta -1", "--tta"),
     ("serve-port-zero", "serve --port 0", "--port"),
     ("serve-port-large", "serve --port 70000", "--port"),
     ("serve-port-type", "serve --port http", "--port"),

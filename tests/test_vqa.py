@@ -426,7 +426,7 @@ def test_shipped_model_answers_grounds_and_describes(fresh_pairs):
     from changescope.tasks.queries import read_target
     from changescope.tasks.vqa import ask_pair
 
-    model, processor, _ = load("default")
+    model, processor, _ = load("default", tta=1)  # answers and grounding read one view at any --tta
     assert {"caption", "mask", "vqa", "grounding"} <= set(model.tasks)
     records = [r for split in ("train", "val", "test") for r in _records(fresh_pairs, split, "vqa")]
     yes_no = [r for r in records if r.qtype == "change_or_not"][:20]
