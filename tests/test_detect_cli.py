@@ -98,10 +98,11 @@ def test_evaluate_reports_detection_next_to_captions(mci_run, synth):
         assert key in detection
     assert set(detection["per_class"]["building"]) >= {"IoU", "F1", "precision", "recall"}
     assert detection["pixels"] == result["n"] * 64 * 64
-    # test-time views average the masks only: the captions are the same words
-    views = json.loads(cli("evaluate", out, "--data", synth, "--json", "--no-meteor", "--tta", "4").stdout)
-    assert (result["tta"], views["tta"]) == (1, 4) and views["CIDEr-D"] == result["CIDEr-D"]
-    assert views["detection"]["pixels"] == detection["pixels"]
+    # test-time views (their averaging is tested in test_change_model.py), in this process to stay fast
+    from changescope.tasks.evaluation import evaluate
+
+    views = evaluate(out, synth, "test", meteor=False, tta=4, limit=4)
+    assert (result["tta"], views["tta"]) == (1, 4) and views["detection"]["pixels"] == 4 * 64 * 64
     table = cli("evaluate", out, "--data", synth, "--no-meteor").stdout
     assert "CIDEr-D" in table and "mIoU without background" in table and "building" in table
 
@@ -139,9 +140,6 @@ def test_bad_detect_input_is_one_line_and_writes_nothing(tmp_path, mci_run, synt
     ):
         proc = cli("detect", out, *args, "--out", tmp_path / "o", check=False)
         assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "o").exists()
-    proc = cli("detect", out, a, a, "--out", tmp_path / "o", "--tta", "3", check=False)
-    assert proc.returncode != 0 and "--tta must be one of 1, 2, 4, 8, got 3" in proc.stderr
     assert not (tmp_path / "o").exists()
     proc = cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--tasks", "roads", check=False)
     assert proc.returncode == 1 and "--tasks takes a comma-separated subset of" in proc.stderr
