@@ -52,13 +52,20 @@ def _tta_option():
     )
 
 
-def _check_tta(tta: int | None, stack: bool = False) -> None:
-    from changescope.models.views import VIEW_COUNTS
+def _check_tta(tta: int | None, stack: bool = False, llm: bool = False) -> None:
+    from changescope.errors import ChangescopeError
+    from changescope.models.views import check_views
 
-    if tta is not None and tta not in VIEW_COUNTS:
-        raise typer.BadParameter(f"--tta must be one of {', '.join(map(str, VIEW_COUNTS))}, got {tta}")
-    if stack and tta not in (None, 1):
+    if tta is None:
+        return
+    try:
+        check_views(tta)
+    except ChangescopeError as err:
+        raise typer.BadParameter(str(err)) from None
+    if stack and tta != 1:
         raise typer.BadParameter("--tta applies to pairs; a stack of 3+ dates is read in one view")
+    if llm and tta != 1:
+        raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
 
 
 def _check_precision(precision: str | None) -> None:
@@ -580,11 +587,9 @@ def describe(
     _check_precision(precision)
     model_spec, inputs = _split_model_arg(paths)
     _no_dates_for_pairs(dates, inputs)
-    _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
+    _check_tta(tta, stack=len(inputs) >= 3, llm=llm is not None)
     if llm is not None:
-        if tta not in (None, 1):
-            raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _describe_llm(llm, inputs, out, as_json, batch_size)
         return
     if len(inputs) >= 3:
@@ -937,11 +942,9 @@ def ask(
     question = check_question(args[-1])
     model_spec, inputs = _split_model_arg(args[:-1])
     _no_dates_for_pairs(dates, inputs)
-    _check_tta(tta, stack=len(inputs) >= 3)
     llm = _llm_model(model_spec)
+    _check_tta(tta, stack=len(inputs) >= 3, llm=llm is not None)
     if llm is not None:
-        if tta not in (None, 1):
-            raise typer.BadParameter("--tta is for a changescope model's masks, not a ChangeLLM's replies")
         _ask_llm(llm, inputs, question, as_json)
         return
     if len(inputs) >= 3:

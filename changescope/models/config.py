@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from changescope.errors import DataError
+from changescope.models.views import VIEW_COUNTS
 
 CONFIG_FORMAT = "changescope-model/1"
 
@@ -95,7 +96,7 @@ class ModelConfig:
             values["gsd"] = [float(values["gsd"])]
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
-        if values.get("tta", 1) not in (1, 2, 4, 8):  # models.views.VIEW_COUNTS (that module needs torch)
+        if values.get("tta", 1) not in VIEW_COUNTS:
             raise DataError(source, f"tta must be 1, 2, 4 or 8 test-time views, got {values['tta']!r}")
         return cls(**values)
 

@@ -10,9 +10,12 @@ four after a transpose (the quarter turns and the two diagonal mirrors).
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from changescope.errors import ChangescopeError
+
+if TYPE_CHECKING:  # torch-free at import: the config and the CLI check view counts before torch loads
+    from torch import Tensor
 
 #: (transpose first, flipped dims) of each view, identity first
 VIEWS: tuple[tuple[bool, tuple[int, ...]], ...] = (
