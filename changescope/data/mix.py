@@ -20,6 +20,12 @@ so a 0.5 m pair stays at 0.5 m. The class list is the first source's that names 
 background / change; the binary "change" of other sources becomes ``UNKNOWN_CHANGE`` (changed, class not
 known), which trains the change / no-change logit and no class.
 
+``paste: {objects: XBD_RELEASE, per_tile: 4, reverse: 0.3, copies: 2}`` pastes roofs cut from the
+training pre-disaster footprint masks of an xBD-layout release into the source's tiles
+(:mod:`changescope.data.paste`: more building-change examples at the tiles' own GSD; ``gsd`` gives a
+source's metres per pixel when its reader does not know them). A pasting source is read in the training
+split only, so list the same data once more without ``paste`` for its plain tiles and its validation.
+
 ``describe: true`` marks a caption-less source's samples (``sample["describe"]``) so that the training
 loader writes each tile a sentence from its own label mask (``tasks.data.describe_mask``: the sentence
 writer inference uses); this is how real change-detection pairs train the retrieval head.
@@ -60,6 +66,10 @@ class Source:
     val: bool = True
     #: caption-less data: describe each tile from its label mask (see the module docstring)
     describe: bool = False
+    #: paste roofs into this source's training tiles (``changescope.data.paste``); such a source is
+    #: read in the training split only. Keys: objects (an xbd release), min_pixels, per_tile, reverse,
+    #: copies, seed, gsd
+    paste: dict[str, Any] | None = None
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -189,8 +199,9 @@ class MixedPairs(torch.utils.data.Dataset):
         self.describes: list[bool] = []
         part_sources: list[str] = []
         datasets, every = [], []
+        banks: dict[str, Any] = {}
         for source in spec["sources"]:
-            used = split == "train" or source.val
+            used = split == "train" or (source.val and not source.paste)
             # a source kept out of this split still counts for the class list (one list in every split)
             ds = open_dataset(source.path, split if used else "train", source.format, check_files=check_files)
             every.append(ds)
@@ -215,6 +226,8 @@ class MixedPairs(torch.utils.data.Dataset):
                 part = ds
                 if not captioned and len(ds):
                     part = TiledPairs(ds, self.tile, scale=scale)
+                if source.paste and len(ds):
+                    part = _pasted(part, source.paste, banks)
                 self.parts.append(part)
                 self.repeats.append(source.repeat)
                 self.remaps.append(tuple(ds.classes) == BINARY_CLASSES and self.classes != BINARY_CLASSES)
@@ -251,6 +264,45 @@ class MixedPairs(torch.utils.data.Dataset):
         return sample
 
 
+def _pasted(part, paste: dict[str, Any], banks: dict[Any, Any]):
+    from changescope.data.paste import MIN_PIXELS, FootprintBank, PastedChange
+
+    key = (paste["objects"], paste.get("min_pixels", MIN_PIXELS))
+    if key not in banks:
+        banks[key] = FootprintBank.from_dataset(key[0], "train", min_pixels=key[1])
+    options = {k: paste[k] for k in PASTE_KEYS if k in paste}
+    return PastedChange(part, banks[key], **options)
+
+
+#: options of a source's ``paste`` besides ``objects`` and ``min_pixels`` (``PastedChange`` arguments)
+PASTE_KEYS = ("per_tile", "reverse", "copies", "seed", "gsd")
+
+
+def _read_paste(path: Path, index: int, paste: Any) -> dict[str, Any] | None:
+    if paste is None:
+        return None
+    where = f"sources[{index}].paste"
+    if not isinstance(paste, dict) or not isinstance(paste.get("objects"), str):
+        raise DataError(path, f"{where} needs 'objects': the path of an xbd release (footprint masks)")
+    bad = sorted(set(paste) - {"objects", "min_pixels", *PASTE_KEYS})
+    if bad:
+        known = ", ".join(("objects", "min_pixels", *PASTE_KEYS))
+        raise DataError(path, f"{where} has unknown keys {bad} (known: {known})")
+    for key in ("per_tile", "copies", "seed", "min_pixels"):
+        value = paste.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
+            raise DataError(path, f"{where}.{key} must be an integer >= {0 if key == 'seed' else 1}")
+    gsd = paste.get("gsd")
+    if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, (int, float)) or gsd <= 0):
+        raise DataError(path, f"{where}.gsd must be a positive number of metres per pixel")
+    reverse = paste.get("reverse", 0.0)
+    if not isinstance(reverse, (int, float)) or not 0 <= reverse <= 1:
+        raise DataError(path, f"{where}.reverse must be a number in [0, 1]")
+    objects = Path(paste["objects"]).expanduser()
+    objects = objects if objects.is_absolute() else path.parent / objects
+    return {**paste, "objects": str(objects)}
+
+
 def read_mix(path: Path) -> dict[str, Any]:
     """The mix file's sources (paths relative to the file) and options, checked."""
     text = path.read_text(encoding="utf-8")
@@ -275,7 +327,7 @@ def read_mix(path: Path) -> dict[str, Any]:
         item = {"path": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             raise DataError(path, f"sources[{index}] needs a 'path'")
-        bad = sorted(set(item) - {"path", "format", "repeat", "scales", "val", "describe"})
+        bad = sorted(set(item) - {"path", "format", "repeat", "scales", "val", "describe", "paste"})
         if bad:
             raise DataError(path, f"sources[{index}] has unknown keys {bad}")
         repeat = item.get("repeat", 1)
@@ -295,5 +347,6 @@ def read_mix(path: Path) -> dict[str, Any]:
             if not isinstance(flag, bool):
                 raise DataError(path, f"sources[{index}].{key} must be true or false")
         scales = tuple(float(s) for s in scales)
-        sources.append(Source(str(where), item.get("format"), repeat, scales, val, describe))
+        paste = _read_paste(path, index, item.get("paste"))
+        sources.append(Source(str(where), item.get("format"), repeat, scales, val, describe, paste))
     return {"sources": sources, "tile": spec.get("tile")}
