@@ -103,7 +103,7 @@ def score_model(model, processor, dataset, min_area: int) -> tuple[dict, float |
     agree = []
     for index in range(len(dataset)):
         sample = dataset[index]
-        probs = mask_probabilities(model, processor, sample["image"])
+        probs = mask_probabilities(model, processor, sample["image"], sample.get("gsd"))
         mask = remove_small_objects(probs.argmax(0).to(torch.uint8).numpy(), min_area)
         confusion.update(binary_target(torch.from_numpy(mask).long()), binary_target(sample["mask"]))
         if model.decoder is not None:

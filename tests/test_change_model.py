@@ -8,6 +8,7 @@ import torch
 from changescope.data.text import Vocabulary
 from changescope.errors import ChangescopeError, DataError
 from changescope.models.change_model import ChangeModel
+from changescope.models.config import ModelConfig
 from changescope.models.hub import from_pretrained, save_pretrained
 from changescope.models.presets import PRESETS, build_config
 from changescope.models.processor import ChangeProcessor
@@ -208,3 +209,55 @@ def test_test_time_views_average_masks_and_keep_the_change_tokens(views):
             flips = [(), (-1,), (-2,), (-2, -1)][:views]
             by_hand = [model(images.flip(d)).change_logit.flip(d) for d in flips]
             assert torch.allclose(out.change_logit, torch.stack(by_hand).mean(0), atol=1e-4)
+
+
+def _two_heads(seed_fine=0, seed_coarse=1):
+    config = build_config(
+        "chg2cap", 0, **{**TINY, "classes": ["background", "change"], "change_head_kwargs": {"channels": 16}}
+    )
+    torch.manual_seed(0)
+    fine = ChangeModel(config).eval()
+    coarse = ChangeModel(ModelConfig.from_dict(config.to_dict())).eval()
+    coarse.load_state_dict(fine.state_dict())
+    torch.manual_seed(seed_coarse)  # the coarse model's change head trained apart
+    for p in coarse.change_head.parameters():
+        p.data.normal_(0, 0.2)
+    coarse.config.change_threshold = 0.3
+    return fine, coarse
+
+
+def test_a_coarse_change_head_decides_change_on_coarse_inputs_only(tmp_path):
+    from changescope.models.change_bands import with_coarse_head
+
+    fine, coarse = _two_heads()
+    model = with_coarse_head(fine, coarse, coarse_gsd=5.0)
+    assert model.config.coarse_gsd == 5.0 and model.config.coarse_change_threshold == 0.3
+    images = torch.rand(2, 2, 3, 64, 64)
+    with torch.no_grad():
+        for gsd, like in ((None, fine), (0.5, fine), (4.9, fine), (5.0, coarse), (10.0, coarse)):
+            out, expected = model(images, gsd=gsd), like(images)
+            assert torch.allclose(out.change_logit, expected.change_logit, atol=1e-5), gsd
+            assert torch.allclose(out.mask_logits, expected.mask_logits, atol=1e-5), gsd  # its threshold
+            assert torch.allclose(out.memory, fine(images).memory)
+        # the GSD reaches the model from the tasks that know it (detect --gsd, scene, evaluate)
+        from changescope.tasks.detection import mask_probabilities
+
+        processor, pair = ChangeProcessor(None, 64, 12), torch.rand(2, 3, 80, 96)  # tiled: larger than 64
+        for gsd, like in ((None, fine), (10.0, coarse)):
+            got = mask_probabilities(model, processor, pair, gsd)
+            assert torch.allclose(got, mask_probabilities(like, processor, pair), atol=1e-5), gsd
+        # saved and rebuilt without the code that made it; views average the chosen head
+        save_pretrained(model, ChangeProcessor(None, 64, 12), tmp_path / "m")
+        loaded, _ = from_pretrained(tmp_path / "m")
+        assert torch.allclose(loaded(images, gsd=10.0).change_logit, coarse(images).change_logit, atol=1e-5)
+        coarse.set_tta(2)
+        assert torch.allclose(loaded.set_tta(2)(images, gsd=10.0).change_logit, coarse(images).change_logit)
+    other = _two_heads()[0]
+    torch.nn.init.zeros_(next(other.encoder.parameters()))
+    with pytest.raises(ValueError, match="differs between the models: only the change heads may differ"):
+        with_coarse_head(fine, other, 5.0)
+    with pytest.raises(ValueError, match="exactly one change head"):
+        with_coarse_head(model, coarse, 5.0)
+    bad = model.config.to_dict() | {"coarse_gsd": -1}
+    with pytest.raises(DataError, match="coarse_gsd must be a positive number of metres"):
+        ModelConfig.from_dict(bad)

@@ -448,3 +448,24 @@ def test_a_mix_calibrates_its_change_threshold_on_the_mean_of_its_sources(tmp_pa
     assert row["val/change_F1_cal"] == pytest.approx(sum(per_source.values()) / 2, abs=1e-6)
     saved = json.loads((out / "model" / "config.json").read_text())["change_threshold"]
     assert saved == pytest.approx(row["val/change_threshold"])
+
+
+def test_fine_tuning_a_model_with_two_change_heads_trains_one_head_for_every_input(tmp_path):
+    from test_change_model import _two_heads
+
+    from changescope.models.change_bands import with_coarse_head
+    from changescope.models.hub import save_pretrained
+    from changescope.models.processor import ChangeProcessor
+    from changescope.tasks.train_options import TrainOptions
+    from changescope.tasks.training import _keep_init_heads
+
+    fine, coarse = _two_heads()
+    joined = with_coarse_head(fine, coarse, 5.0)
+    banded = save_pretrained(joined, ChangeProcessor(None, 64, 12), tmp_path / "m")
+    # a mask run: the user's pairs train the one change head, used at every GSD
+    options = TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), init=str(banded), tasks="mask")
+    merged, _ = _keep_init_heads(options, fine.config, None, ("mask",))
+    assert merged.coarse_gsd is None and merged.change_head_kwargs == fine.config.change_head_kwargs
+    # a run that trains no mask: both heads kept as they are
+    kept, _ = _keep_init_heads(options, fine.config, None, ("retrieval",))
+    assert kept.coarse_gsd == 5.0 and kept.coarse_change_threshold == 0.3

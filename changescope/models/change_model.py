@@ -136,18 +136,11 @@ class ChangeModel(nn.Module):
             if config.classes or config.grounding
             else None
         )
-        self.change_head = (
-            ChangeMaskHead(
-                self.backbone.channels,
-                0,
-                context_dim=self.encoder.out_dim,
-                two_stream=not self.single_stream,
-                binary=True,
-                **{k: v for k, v in config.change_head_kwargs.items() if k != "class_inputs"},
-                class_inputs=len(config.classes) if config.change_head_kwargs.get("class_inputs") else 0,
-            )
-            if config.change_head_kwargs and config.classes
-            else None
+        has_change_head = bool(config.change_head_kwargs and config.classes)
+        self.change_head = self._new_change_head(config) if has_change_head else None
+        # a second change head for coarse imagery (config.coarse_gsd): same architecture, its own weights
+        self.coarse_change_head = (
+            self._new_change_head(config) if self.change_head is not None and config.coarse_gsd else None
         )
         d_model = self.encoder.out_dim
         asks = bool(config.answers or config.grounding)
@@ -217,6 +210,25 @@ class ChangeModel(nn.Module):
         self.precision = precision
         return self
 
+    def _new_change_head(self, config: ModelConfig) -> ChangeMaskHead:
+        return ChangeMaskHead(
+            self.backbone.channels,
+            0,
+            context_dim=self.encoder.out_dim,
+            two_stream=not self.single_stream,
+            binary=True,
+            **{k: v for k, v in config.change_head_kwargs.items() if k != "class_inputs"},
+            class_inputs=len(config.classes) if config.change_head_kwargs.get("class_inputs") else 0,
+        )
+
+    def change_head_for(self, gsd: float | None) -> tuple[ChangeMaskHead | None, float]:
+        """The change head and threshold that decide change for an input of ``gsd`` metres per pixel
+        (None: unknown): the coarse head at or above ``config.coarse_gsd`` when the model has one."""
+        coarse = self.coarse_change_head is not None and gsd is not None and gsd >= self.config.coarse_gsd
+        if coarse:
+            return self.coarse_change_head, self.config.coarse_change_threshold
+        return self.change_head, self.config.change_threshold
+
     def set_tta(self, views: int) -> ChangeModel:
         """Test-time augmentation: average the change masks of inference over ``views`` flips and turns of
         each pair (1, 2, 4, 8; ``models/views.py``), about ``views`` times the mask work for a steadier
@@ -276,20 +288,22 @@ class ChangeModel(nn.Module):
         features: list[Tensor] | None = None,
         masks: bool = True,
         pixels: bool = False,
+        gsd: float | None = None,
     ) -> ChangeOutput:
         """Run the model on ``images`` ``[B, T, 3, H, W]`` in [0, 1], or on cached ``features``
         (:meth:`backbone_features` output, for a frozen backbone). ``tokens`` ``[B, L]`` (``<start>``
         first) adds teacher-forced caption logits; ``masks=False`` skips the mask head; ``pixels=True``
-        keeps the fused change map for :meth:`ground`."""
+        keeps the fused change map for :meth:`ground`; ``gsd`` (metres per pixel of the input, when known)
+        picks the change head (:meth:`change_head_for`)."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features, not both")
         has_masks = self.mask_head is not None and self.mask_head.classifier is not None
         if self.tta > 1 and not self.training and has_masks and images is not None and masks:
             if tokens is None:
-                return self._forward_views(images, pixels)
-        return self._pass(images, tokens, features, masks, pixels)
+                return self._forward_views(images, pixels, gsd)
+        return self._pass(images, tokens, features, masks, pixels, gsd)
 
-    def _pass(self, images, tokens, features, masks, pixels) -> ChangeOutput:
+    def _pass(self, images, tokens, features, masks, pixels, gsd=None) -> ChangeOutput:
         levels = self.levels(images) if features is None else features
         memory = self._tokens(levels, images)
         out = ChangeOutput(memory)
@@ -305,12 +319,13 @@ class ChangeModel(nn.Module):
                 size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
                 low = self.mask_head.logits(fused)
                 out.class_logits = upsample(low, tuple(size))
-                if self.change_head is not None:
+                head, threshold = self.change_head_for(gsd)
+                if head is not None:
                     # the class head's log-probabilities are an input, not a target: no gradient into it
-                    extra = low.detach().float().log_softmax(1) if self.change_head.class_inputs else None
-                    changed = self.change_head.decode(levels, to_map(memory, h, w))
-                    out.change_logit = upsample(self.change_head.logits(changed, extra), tuple(size))[:, 0]
-                out.mask_logits = compose(out.class_logits, out.change_logit, self.config.change_threshold)
+                    extra = low.detach().float().log_softmax(1) if head.class_inputs else None
+                    changed = head.decode(levels, to_map(memory, h, w))
+                    out.change_logit = upsample(head.logits(changed, extra), tuple(size))[:, 0]
+                out.mask_logits = compose(out.class_logits, out.change_logit, threshold)
         if self.precision != "fp32" and not self.training:  # what leaves the model is fp32
             for name in ("memory", "pixels", "class_logits", "change_logit", "mask_logits", "caption_logits"):
                 value = getattr(out, name)
@@ -318,14 +333,14 @@ class ChangeModel(nn.Module):
                     setattr(out, name, value.float())
         return out
 
-    def _forward_views(self, images: Tensor, pixels: bool) -> ChangeOutput:
+    def _forward_views(self, images: Tensor, pixels: bool, gsd: float | None) -> ChangeOutput:
         """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair, one view at a
         time (one batch of all views cost more than the views did apart: 4.8x for 4, from its
         full-resolution logits); the change tokens (and the fused map, ``pixels``) are the first view's,
         the pair as given."""
         first = classes = change = None
         for k in range(self.tta):
-            out = self._pass(apply_view(images, k), None, None, True, pixels and k == 0)
+            out = self._pass(apply_view(images, k), None, None, True, pixels and k == 0, gsd)
             # class scores average as log-probabilities, so no view's logit scale outweighs another's
             view = invert_view(out.class_logits.float().log_softmax(1), k)
             classes = view if classes is None else classes + view
@@ -335,7 +350,7 @@ class ChangeModel(nn.Module):
             first = out if k == 0 else first
         result = ChangeOutput(first.memory, class_logits=classes / self.tta, pixels=first.pixels)
         result.change_logit = None if change is None else change / self.tta
-        result.mask_logits = compose(result.class_logits, result.change_logit, self.config.change_threshold)
+        result.mask_logits = compose(result.class_logits, result.change_logit, self.change_head_for(gsd)[1])
         return result
 
     # -- sequences of T dates ------------------------------------------------------------------------

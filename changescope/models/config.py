@@ -46,6 +46,11 @@ class ModelConfig:
     change_head_kwargs: dict[str, Any] = field(default_factory=dict)
     #: P(change) above which a pixel counts as changed (calibrated on the validation split in training)
     change_threshold: float = 0.5
+    #: inputs of known GSD (m / px) at or above this read a second change head, ``coarse_change_head``,
+    #: with ``coarse_change_threshold`` (satellite imagery; ``ChangeModel.change_head_for``); finer or
+    #: unknown ones read the change head. None: one change head for every input
+    coarse_gsd: float | None = None
+    coarse_change_threshold: float = 0.5
     #: test-time views inference averages the change masks over unless told otherwise (``--tta``; 1, 2, 4
     #: or 8, ``ChangeModel.set_tta``); training and validation always read one view
     tta: int = 1
@@ -96,6 +101,10 @@ class ModelConfig:
             values["gsd"] = [float(values["gsd"])]
         if values.get("out_indices") is not None:
             values["out_indices"] = tuple(values["out_indices"])
+        coarse = values.get("coarse_gsd")
+        bad = isinstance(coarse, bool) or not isinstance(coarse, int | float) or coarse <= 0
+        if coarse is not None and bad:
+            raise DataError(source, f"coarse_gsd must be a positive number of metres / pixel, got {coarse!r}")
         if values.get("tta", 1) not in VIEW_COUNTS:
             raise DataError(source, f"tta must be 1, 2, 4 or 8 test-time views, got {values['tta']!r}")
         return cls(**values)

@@ -61,10 +61,11 @@ def mask_probabilities(
 ) -> torch.Tensor:
     """Per-class probabilities ``[K, H, W]`` at the pair's own size (``pair`` ``[2, 3, H, W]`` in [0, 1]).
 
-    The pair is first resampled to the model's GSD when ``gsd`` is given. A pair no larger than the model's
-    size is resized to it (as in training on chips); a larger one is cut into overlapping tiles of the
-    model's size, so its pixels keep their ground resolution instead of being shrunk, and the tiles'
-    probabilities are blended with edge ramps (``geo.tiling.blend_weights``).
+    The pair is first resampled to the model's GSD when ``gsd`` is given (which also picks the change
+    head of a model with one for coarse imagery, ``ChangeModel.change_head_for``). A pair no larger than
+    the model's size is resized to it (as in training on chips); a larger one is cut into overlapping
+    tiles of the model's size, so its pixels keep their ground resolution instead of being shrunk, and the
+    tiles' probabilities are blended with edge ramps (``geo.tiling.blend_weights``).
     """
     from changescope.data.mix import rescale, tile_starts
     from changescope.geo.tiling import blend_weights
@@ -75,7 +76,7 @@ def mask_probabilities(
     h, w = work.shape[-2:]
     t = processor.image_size
     if h <= t and w <= t:
-        logits = processor.resize_logits(model(processor.resize(work)[None]).mask_logits, size)
+        logits = processor.resize_logits(model(processor.resize(work)[None], gsd=gsd).mask_logits, size)
         return logits.softmax(1)[0]
     if h < t or w < t:  # one side shorter than a tile: pad it (the padding is cropped off below)
         work = F.pad(work, (0, max(0, t - w), 0, max(0, t - h)))
@@ -85,7 +86,7 @@ def mask_probabilities(
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         tiles = torch.stack([work[..., y : y + t, x : x + t] for y, x in chunk])
-        probs = model(tiles).mask_logits.float().softmax(1)
+        probs = model(tiles, gsd=gsd).mask_logits.float().softmax(1)
         if total is None:
             total = torch.zeros(probs.shape[1], *work.shape[-2:])
         for (y, x), p in zip(chunk, probs, strict=True):
@@ -158,17 +159,17 @@ def iter_detections(
                 if tokens and model.tta == 1:
                     with model.autocast():  # as ``model(images)`` runs it, so the mask is detect's own
                         levels = model.levels(images)
-                    out = model(features=levels)
+                    out = model(features=levels, gsd=gsd)
                     for k, i in enumerate(batch):
                         kept[i] = (out.memory[k : k + 1].float(), levels[-1][k : k + 1].float())
                 elif tokens:  # the views' masks come from the images; the first view's tokens are these
                     with model.autocast():
                         last = model.levels(images)[-1]
-                    out = model(images)
+                    out = model(images, gsd=gsd)
                     for k, i in enumerate(batch):
                         kept[i] = (out.memory[k : k + 1].float(), last[k : k + 1].float())
                 else:
-                    out = model(images)
+                    out = model(images, gsd=gsd)
                 if captions:
                     words = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
                 for k, i in enumerate(batch):

@@ -88,7 +88,8 @@ def predict_split(
         indices = range(start, min(start + decoding.batch_size, len(dataset)))
         outputs = [PairOutput(dataset[i]) for i in indices]
         images = torch.stack([processor.resize(o.sample["image"]) for o in outputs])
-        out = model(images, masks=masks, pixels=grounding)
+        gsds = {o.sample.get("gsd") for o in outputs}
+        out = model(images, masks=masks, pixels=grounding, gsd=gsds.pop() if len(gsds) == 1 else None)
         if captions:
             texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
             for o, text in zip(outputs, texts, strict=True):

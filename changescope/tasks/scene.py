@@ -114,7 +114,7 @@ def _loaded(model, options: SceneOptions):
     return model
 
 
-def _predictor(model, processor, batch_size: int):
+def _predictor(model, processor, batch_size: int, gsd: float | None = None):
     """Tiles ``[N, T, 3, t, t]`` -> class probabilities ``[N, T - 1, K, t, t]`` of every interval (resized
     to and from the model) by ``tasks.sequence.interval_probabilities``, one function for pairs and stacks.
     At most ``batch_size`` pairs of dates go through one forward pass: a pass's activations, more than the
@@ -125,7 +125,7 @@ def _predictor(model, processor, batch_size: int):
     def predict(images: torch.Tensor) -> torch.Tensor:
         step = max(1, batch_size // (images.shape[1] - 1))
         parts = [
-            interval_probabilities(model, processor, images[i : i + step])
+            interval_probabilities(model, processor, images[i : i + step], gsd)
             for i in range(0, len(images), step)
         ]
         return torch.cat(parts)
@@ -300,7 +300,7 @@ def _run(paths, out, model, options, progress, overwrite, finish, labels=None) -
         with _progress_bar(progress) as bar:
             run_tiles(
                 stack,
-                _predictor(model, processor, options.batch_size),
+                _predictor(model, processor, options.batch_size, resolution["gsd_m"]),
                 changes,
                 len(classes),
                 resolution["tile_source_px"],

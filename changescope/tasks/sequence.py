@@ -51,9 +51,9 @@ def uses_temporal_head(model, baseline: bool = False, dates: int = 3) -> bool:
     return not baseline and dates >= 3 and "sequence" in model.tasks
 
 
-def _forward(model, processor, images: torch.Tensor, captions: bool):
+def _forward(model, processor, images: torch.Tensor, captions: bool, gsd: float | None = None):
     """``images`` ``[N, T, 3, H, W]`` -> (class probabilities ``[N, T-1, K, H, W]``, caption token ids per
-    interval or None), one batched pass."""
+    interval or None), one batched pass; ``gsd`` (m / px, when known) picks the pair heads' change head."""
     n, t = images.shape[:2]
     if t < 2:
         raise ChangescopeError(f"a sequence needs at least 2 dates, got {t}")
@@ -65,7 +65,7 @@ def _forward(model, processor, images: torch.Tensor, captions: bool):
             out = model.sequence(small)
             logits, memory = out.mask_logits.flatten(0, 1), out.memory
         else:
-            result = model(torch.stack([small[:, :-1], small[:, 1:]], dim=2).flatten(0, 1))
+            result = model(torch.stack([small[:, :-1], small[:, 1:]], dim=2).flatten(0, 1), gsd=gsd)
             logits, memory = result.mask_logits, result.memory
         if captions and model.decoder is not None and memory is not None:
             tokens = model.generate_from(memory)
@@ -73,14 +73,14 @@ def _forward(model, processor, images: torch.Tensor, captions: bool):
     return probs.reshape(n, t - 1, *probs.shape[1:]), tokens
 
 
-def interval_probabilities(model, processor, images: torch.Tensor) -> torch.Tensor:
+def interval_probabilities(model, processor, images: torch.Tensor, gsd: float | None = None) -> torch.Tensor:
     """Class probabilities of every interval of a batch of sequences: ``images`` ``[N, T, 3, H, W]`` in
     [0, 1] (any size; resized to and from the model) -> ``[N, T - 1, K, H, W]`` float32 on the CPU, where
     interval ``i`` is the change from date ``i`` to date ``i + 1`` and ``K`` the model's classes (0 = no
     change). The temporal head decides change where the model has one and T >= 3, else each consecutive pair
     alone.
     Tiled callers (``scene`` on a stack of GeoTIFFs) blend these per tile."""
-    return _forward(model, processor, images, captions=False)[0]
+    return _forward(model, processor, images, captions=False, gsd=gsd)[0]
 
 
 def sequence_caption(captions: Sequence[str | None], changed: Sequence[bool], dates: Sequence[str]) -> str:

@@ -583,6 +583,9 @@ def _keep_init_heads(
         if init.classes and binary_remap(config.classes, init.classes):
             merged.classes = list(init.classes)
         merged.change_head_kwargs = init.change_head_kwargs or config.change_head_kwargs
+        # the run trains one change head on its data, for every input: a coarse head it does not train
+        # would decide change on satellite inputs with weights the user's pairs never saw
+        merged.coarse_gsd, merged.coarse_change_threshold = None, ModelConfig.coarse_change_threshold
     if options.gsd is not None:
         merged.gsd = _gsd_list(options.gsd)
     if options.image_size is not None:
