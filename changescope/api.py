@@ -71,15 +71,18 @@ class ChangePipeline:
         """Test-time views the change masks average (``load(..., tta=)``)."""
         return self.model.tta
 
-    def describe(self, before, after, *, beam: int = 1, batch_size: int = 32) -> str | list[str]:
+    def describe(
+        self, before, after, *, beam: int = 1, batch_size: int = 32, gsd: float | None = None
+    ) -> str | list[str]:
         """A caption of what changed. One pair gives a string; two lists (or tuples) of images give a list,
         captioned ``batch_size`` pairs at a time. With a mask head, a "no change" caption that the model's own
-        mask contradicts is replaced by one written from the mask, as ``changescope describe`` does."""
+        mask contradicts is replaced by one written from the mask, as ``changescope describe`` does; ``gsd``
+        (metres per pixel) picks the change head of that mask (the default has one for 5 m or coarser)."""
         from changescope.tasks.inference import Decoding, describe_files
 
         single, pairs = _pairs(before, after)
         decoding = Decoding(beam_size=beam, batch_size=batch_size)
-        rows = describe_files(self.model, self.processor, pairs, decoding)
+        rows = describe_files(self.model, self.processor, pairs, decoding, gsd)
         captions = [row["caption"] for row in rows]
         return captions[0] if single else captions
 

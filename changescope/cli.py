@@ -566,6 +566,12 @@ def describe(
         None, "--out", help="For a folder or manifest: write JSONL here (else print it)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the caption alone."),
+    gsd: float | None = typer.Option(
+        None,
+        "--gsd",
+        help="Metres per pixel of the images: picks the change head that checks the caption (the default's "
+        "second head reads 5 m or coarser); pairs are still read at the model's size.",
+    ),
     precision: str | None = _precision_option(),
     tta: int | None = _tta_option(),
 ) -> None:
@@ -589,6 +595,9 @@ def describe(
     _no_dates_for_pairs(dates, inputs)
     llm = _llm_model(model_spec)
     _check_tta(tta, stack=len(inputs) >= 3, llm=llm is not None)
+    _positive(gsd, "--gsd")
+    if gsd is not None and (llm is not None or len(inputs) >= 3):
+        raise typer.BadParameter("--gsd applies to pairs, not to a ChangeLLM or a stack")
     if llm is not None:
         _describe_llm(llm, inputs, out, as_json, batch_size)
         return
@@ -622,7 +631,7 @@ def describe(
 
             def rows_for(pending):
                 progress.update(task, completed=len(pairs) - len(pending))
-                for row in iter_descriptions(model, processor, pending, decoding):
+                for row in iter_descriptions(model, processor, pending, decoding, gsd):
                     progress.advance(task)
                     yield row
 
@@ -630,7 +639,7 @@ def describe(
         resumed = f" ({kept} kept from an interrupted run)" if kept else ""
         typer.echo(f"wrote {written + kept} captions to {out}{resumed}")
         return
-    rows = iter_descriptions(model, processor, pairs, decoding)
+    rows = iter_descriptions(model, processor, pairs, decoding, gsd)
     if as_json:
         meta = {"model": str(model_path), "beam_size": beam}
         rows = [{**r, **meta} for r in rows]

@@ -261,3 +261,29 @@ def test_a_coarse_change_head_decides_change_on_coarse_inputs_only(tmp_path):
     bad = model.config.to_dict() | {"coarse_gsd": -1}
     with pytest.raises(DataError, match="coarse_gsd must be a positive number of metres"):
         ModelConfig.from_dict(bad)
+
+
+def test_describe_and_detect_hand_the_inputs_gsd_to_the_model(monkeypatch):
+    """The GSD a user gives reaches the forward pass (where it picks the change head); a spy on forward
+    records it, the model still runs for real."""
+    import numpy as np
+
+    from changescope.tasks.detection import iter_detections
+    from changescope.tasks.inference import Decoding, describe_files
+
+    model, processor = _tiny(classes=["background", "road", "building"])
+    seen, forward = [], model.forward
+
+    def spy(*args, **kwargs):
+        if kwargs.get("masks", True):  # captions alone (masks=False) read no change head
+            seen.append(kwargs.get("gsd"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    rows = describe_files(model, processor, [("p", a, b)], Decoding(), gsd=10.0)
+    assert rows[0]["caption_source"] in ("model", "mask") and seen == [10.0]
+    large = rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)  # tiled: larger than the model's 64 px
+    list(iter_detections(model, processor, [("p", a, b), ("q", large, large)], 10, Decoding(), 0.5))
+    assert len(seen) > 2 and set(seen[1:]) == {0.5}

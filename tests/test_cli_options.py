@@ -128,6 +128,8 @@ ROWS: list[tuple[str, str, str]] = [
     # describe
     ("describe-precision", "describe {a} {b} --precision double", "--precision"),
     ("describe-tta-stack", "describe {a} {b} {a} --tta 4", "--tta"),
+    ("describe-gsd", "describe {a} {b} --gsd 0", "--gsd"),
+    ("describe-gsd-stack", "describe {a} {b} {a} --gsd 10", "not to a ChangeLLM or a stack"),
     ("describe-one-missing", "describe {missing}", "not found"),
     ("describe-pair-missing", "describe {a} {missing}", "not found"),
     ("describe-stack-dates-count", "describe {a} {b} {a} --dates 2016,2018", "--dates has 2 dates for 3"),

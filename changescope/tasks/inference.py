@@ -132,20 +132,23 @@ def write_jsonl(path: str | Path, rows) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def describe_files(model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding) -> list[dict]:
+def describe_files(
+    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding, gsd: float | None = None
+) -> list[dict]:
     """Caption pairs of images (paths, PIL images or arrays); the rows of :func:`iter_descriptions`."""
-    return list(iter_descriptions(model, processor, pairs, decoding))
+    return list(iter_descriptions(model, processor, pairs, decoding, gsd))
 
 
 def iter_descriptions(
-    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding
+    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding, gsd: float | None = None
 ) -> Iterator[dict]:
     """One row per pair, ``decoding.batch_size`` pairs decoded and captioned at a time, so memory stays
     flat in the number of pairs (callers check the files first: ``tasks.pairs.check_pair_files``).
 
     With a mask head, a caption that says "no change" while the model's own mask (at the model's size)
     holds changed objects is replaced by a sentence written from the mask (``caption_source: "mask"``,
-    see ``tasks/consistency.py``)."""
+    see ``tasks/consistency.py``); ``gsd`` (metres per pixel, when known) picks the change head of that mask
+    (``ChangeModel.change_head_for``)."""
     from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
     from changescope.tasks.consistency import reconcile
 
@@ -154,7 +157,7 @@ def iter_descriptions(
     with torch.inference_mode():
         for chunk in _batches(pairs, decoding.batch_size):
             images = torch.stack([processor.load_pair(a, b) for _, a, b in chunk])
-            out = model(images, masks=masks)
+            out = model(images, masks=masks, gsd=gsd)
             texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
             for k, ((pair_id, a, b), text) in enumerate(zip(chunk, texts, strict=True)):
                 row = {"id": pair_id, "before": image_name(a), "after": image_name(b), "caption": text}
