@@ -142,6 +142,9 @@ def test_detect_result_and_overlay(api, synth):
     assert overlay.format == "PNG" and overlay.size == (64, 64)
     for bad in ("-1", "many"):
         one_line_error(api.post("/detect", files=files(a, b), data={"min_area": bad}), 422, "min_area")
+    told = api.post("/detect", files=files(a, b), data={"gsd": "10"}).json()  # as detect --gsd
+    assert told["gsd"] == 10.0 and result["gsd"] is None
+    one_line_error(api.post("/detect", files=files(a, b), data={"gsd": "0"}), 422, "gsd")
 
 
 def test_ask_answers_or_says_the_model_cannot(api, synth):

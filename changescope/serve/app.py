@@ -351,12 +351,19 @@ def create_app(
         min_area: int = Form(
             10, ge=0, le=MAX_AREA, description="drop changed objects under this many pixels"
         ),
+        gsd: float | None = Form(
+            None,
+            gt=0,
+            le=10000,
+            description="metres per pixel of the images: resampled when far from the model's GSDs, and "
+            "picks the default's change head for 5 m or coarser",
+        ),
     ) -> dict[str, Any]:
         """Where things changed: per class pixels, percent, objects and boxes (xyxy in [0, 1]), the caption,
         and ``overlay_png``: the after image with the changes tinted, base64-encoded PNG."""
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             paths = uploads(Path(tmp), before=before, after=after)
-            result, picture = predictor.detect(paths["before"], paths["after"], min_area)
+            result, picture = predictor.detect(paths["before"], paths["after"], min_area, gsd=gsd)
         return {**result, "overlay_png": png_base64(picture)}
 
     @app.post("/ask", responses=_errors(413, 415, 503))

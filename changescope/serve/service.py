@@ -138,15 +138,16 @@ class Predictor:
         return {"caption": caption}
 
     def detect(
-        self, before: Path, after: Path, min_area: int, names=("before", "after")
+        self, before: Path, after: Path, min_area: int, names=("before", "after"), gsd: float | None = None
     ) -> tuple[dict[str, Any], Image.Image]:
-        """The ``detect_pair`` result (input names instead of server paths) and the overlay image."""
+        """The ``detect_pair`` result (input names instead of server paths) and the overlay image; ``gsd``
+        as ``detect --gsd``."""
         from changescope.overlay import overlay
         from changescope.tasks.detection import detect_pair
 
         self.model.require("mask")
         with self._inputs(before, after, names), self._lock:
-            detection = detect_pair(self.model, self.processor, before, after, min_area)
+            detection = detect_pair(self.model, self.processor, before, after, min_area, gsd=gsd)
         result = {**detection.result, "before": names[0], "after": names[1], "model": str(self.path)}
         return result, overlay(detection.image, detection.mask, self.classes)
 
