@@ -206,4 +206,6 @@ def test_dark_8bit_scene_unstretched_is_what_the_stretch_fixes(tmp_path, shipped
         summary = run_scene(dark_scene["A"], dark_scene["B"], out, shipped, options, progress=False)
         assert summary["stretch"]["mode"] == mode
         ious[mode] = _change_iou(out, dark_scene["truth"])
-    assert ious["auto"] > ious["none"] + 0.3, ious  # measured: about 0.90 against 0.28
+    # measured: about 0.92 against 0.67 with the default's pasted-roof change head (0.90 against 0.28
+    # with the head before it, which dark unstretched pixels fooled more)
+    assert ious["auto"] > ious["none"] + 0.15, ious
