@@ -232,6 +232,9 @@ def test_a_coarse_change_head_decides_change_on_coarse_inputs_only(tmp_path):
     fine, coarse = _two_heads()
     model = with_coarse_head(fine, coarse, coarse_gsd=5.0)
     assert model.config.coarse_gsd == 5.0 and model.config.coarse_change_threshold == 0.3
+    names = [model.change_head_name(g) for g in (None, 0.5, 5.0)]
+    assert names == ["change_head", "change_head", "coarse_change_head"]
+    assert fine.change_head_name(10.0) == "change_head" and _tiny()[0].change_head_name(None) is None
     images = torch.rand(2, 2, 3, 64, 64)
     with torch.no_grad():
         for gsd, like in ((None, fine), (0.5, fine), (4.9, fine), (5.0, coarse), (10.0, coarse)):

@@ -322,6 +322,7 @@ def test_fine_tuning_with_init_keeps_the_other_heads_and_learns_a_change_head(tm
     a, b = data / "val/A/val_0.png", data / "val/B/val_0.png"
     result = json.loads(cli("detect", out, a, b, "--json", "--gsd", "1.5").stdout)
     assert result["caption_source"] in ("model", "mask") and result["model_gsd"] == [1.5]
+    assert result["change_head"] == "change_head"  # one head, trained on these pairs
     assert result["size"] == [150, 100]
     evaluated = json.loads(cli("evaluate", out, "--data", data, "--split", "val", "--json").stdout)
     assert evaluated["detection"]["binary"] and evaluated["detection"]["classes"] == ["background", "change"]
@@ -374,11 +375,15 @@ def test_scenes_far_from_the_trained_gsd_are_read_in_larger_or_smaller_tiles():
         class config:  # noqa: N801 - stands in for a ModelConfig
             gsd, image_size = [0.5], 256
 
+        @staticmethod
+        def change_head_name(gsd):  # as ChangeModel's with a coarse head from 5 m
+            return "coarse_change_head" if gsd is not None and gsd >= 5 else "change_head"
+
     class Pair:
         crs, transform, width, height, georeferenced = utm, Affine(2, 0, 0, 0, -2, 0), 4096, 4096, True
 
     res = _resolution(Model, Pair, SceneOptions())
-    assert res["gsd_m"] == 2.0 and res["resampled_by"] == 4.0
+    assert res["gsd_m"] == 2.0 and res["resampled_by"] == 4.0 and res["change_head"] == "change_head"
     assert res["tile_source_px"] == 64 and res["overlap_source_px"] == 8
     same = _resolution(Model, Pair, SceneOptions(gsd=0.6))
     assert same["resampled_by"] == 1.0 and same["tile_source_px"] == 256 and same["gsd_source"] == "--gsd"

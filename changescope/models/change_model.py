@@ -229,6 +229,14 @@ class ChangeModel(nn.Module):
             return self.coarse_change_head, self.config.coarse_change_threshold
         return self.change_head, self.config.change_threshold
 
+    def change_head_name(self, gsd: float | None) -> str | None:
+        """Which head :meth:`change_head_for` picks, by its name: ``"change_head"``, ``"coarse_change_head"``,
+        or None for a model without one (its class head's argmax decides change)."""
+        head = self.change_head_for(gsd)[0]
+        if head is None:
+            return None
+        return "coarse_change_head" if head is self.coarse_change_head else "change_head"
+
     def set_tta(self, views: int) -> ChangeModel:
         """Test-time augmentation: average the change masks of inference over ``views`` flips and turns of
         each pair (1, 2, 4, 8; ``models/views.py``), about ``views`` times the mask work for a steadier

@@ -201,6 +201,7 @@ def iter_detections(
                 "connectivity": CONNECTIVITY,
                 "gsd": gsd,
                 "model_gsd": model.config.gsd,
+                "change_head": model.change_head_name(gsd),
                 "class_ids": dict(enumerate(model.config.classes)),
                 **summary,
             }

@@ -452,6 +452,8 @@ def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
         "gsd_m": None if gsd is None else round(gsd, 4),
         "gsd_source": source,
         "model_gsd_m": model.config.gsd,
+        # the head that decides change here (a model with two reads the coarse one at 5 m or coarser)
+        "change_head": model.change_head_name(gsd),
         "resampled_by": round(scale, 4),
         "tile_source_px": tile,
         "overlap_source_px": overlap,
