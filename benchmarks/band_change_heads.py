@@ -34,7 +34,10 @@ def main() -> None:
     fine_dir, coarse_dir = resolve_model(args.fine), resolve_model(args.coarse)
     fine, processor = from_pretrained(fine_dir)
     coarse, _ = from_pretrained(coarse_dir)
-    model = with_coarse_head(fine, coarse, args.coarse_gsd)
+    try:
+        model = with_coarse_head(fine, coarse, args.coarse_gsd)
+    except ValueError as err:  # models that differ beyond their change heads, or a bad --coarse-gsd
+        raise SystemExit(f"{fine_dir} + {coarse_dir}: {err}") from None
     training = {}
     if (fine_dir / "training.json").is_file():
         training = json.loads((fine_dir / "training.json").read_text())

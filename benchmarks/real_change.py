@@ -95,7 +95,7 @@ def fit_baseline(realdata: Path, folder: str, fmt: str, group: str) -> Differenc
 
 
 @torch.inference_mode()
-def score_model(model, processor, dataset, min_area: int) -> tuple[dict, float | None]:
+def score_model(model, processor, dataset, min_area: int, use_gsd: bool = True) -> tuple[dict, float | None]:
     from changescope.tasks.consistency import agrees
     from changescope.tasks.inference import Decoding, caption_pairs
 
@@ -103,7 +103,8 @@ def score_model(model, processor, dataset, min_area: int) -> tuple[dict, float |
     agree = []
     for index in range(len(dataset)):
         sample = dataset[index]
-        probs = mask_probabilities(model, processor, sample["image"], sample.get("gsd"))
+        gsd = sample.get("gsd") if use_gsd else None
+        probs = mask_probabilities(model, processor, sample["image"], gsd)
         mask = remove_small_objects(probs.argmax(0).to(torch.uint8).numpy(), min_area)
         confusion.update(binary_target(torch.from_numpy(mask).long()), binary_target(sample["mask"]))
         if model.decoder is not None:
@@ -135,6 +136,9 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated folder names to score")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--synth", default=None, help="also score this SynthChange folder's test split")
+    parser.add_argument(
+        "--no-gsd", action="store_true", help="withhold each dataset's GSD, as for plain PNGs without --gsd"
+    )
     args = parser.parse_args()
     realdata = Path(args.realdata)
     models = [(spec, *load_spec(spec)[:2]) for spec in args.model]
@@ -154,7 +158,9 @@ def main() -> None:
         row = {"set": name, "pairs": len(dataset), "baseline": score_baseline(baseline, dataset)}
         row["baseline_threshold"] = baseline.threshold
         for spec, model, processor in models:
-            row[spec], row[f"{spec} consistency"] = score_model(model, processor, dataset, args.min_area)
+            row[spec], row[f"{spec} consistency"] = score_model(
+                model, processor, dataset, args.min_area, not args.no_gsd
+            )
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -199,7 +199,7 @@ class MixedPairs(torch.utils.data.Dataset):
         self.describes: list[bool] = []
         part_sources: list[str] = []
         datasets, every = [], []
-        banks: dict[str, Any] = {}
+        banks: dict[tuple[str, int], Any] = {}  # one footprint bank per (objects, min_pixels)
         for source in spec["sources"]:
             used = split == "train" or (source.val and not source.paste)
             # a source kept out of this split still counts for the class list (one list in every split)
@@ -264,7 +264,7 @@ class MixedPairs(torch.utils.data.Dataset):
         return sample
 
 
-def _pasted(part, paste: dict[str, Any], banks: dict[Any, Any]):
+def _pasted(part, paste: dict[str, Any], banks: dict[tuple[str, int], Any]):
     from changescope.data.paste import MIN_PIXELS, FootprintBank, PastedChange
 
     key = (paste["objects"], paste.get("min_pixels", MIN_PIXELS))

@@ -65,13 +65,6 @@ class FootprintBank:
         return len(self.pieces)
 
     @classmethod
-    def from_images(
-        cls, pairs: list[tuple[Path, Path]], gsd: float, min_pixels: int = MIN_PIXELS
-    ) -> FootprintBank:
-        """Every roof of each ``(image, footprint mask)`` file pair (see :func:`cut_roofs`)."""
-        return cls(cut_roofs(pairs, min_pixels), gsd)
-
-    @classmethod
     def from_dataset(
         cls, path: str | Path, split: str = "train", min_pixels: int = MIN_PIXELS
     ) -> FootprintBank:
