@@ -8,8 +8,9 @@ does the same work.
 Then the comparison the papers' code invites, end to end (pairs in memory -> caption token ids): a model run
 as the research repositories run it (one pair at a time, fp32, no cache, greedy: the whole prefix re-decoded
 at every step, to the 42 tokens Chg2Cap's test loop decodes) against changescope's path for the same pairs
-in the same process (batch 32, key/value cache, greedy, ``--precision``: the backbone and change encoder
-under ``torch.autocast``, decoding in fp32 as ``ChangeModel.set_precision`` does). Two models: the ``chg2cap``
+in the same process (batch 32, key/value cache, greedy, batch norms folded into the convolutions as
+``tasks.inference.load`` does, ``--precision``: the backbone and change encoder under ``torch.autocast``,
+decoding in fp32 as ``ChangeModel.set_precision`` does). Two models: the ``chg2cap``
 preset at the paper's sizes (ResNet-101, 2048-wide decoder) and the shipped default (``lite``, its trained
 weights).
 
@@ -100,6 +101,7 @@ def research_comparison(model: ChangeModel, title: str, pairs: int, length: int,
         for i in range(pairs):
             model(images[i : i + 1], masks=False)
         encode_one = time.perf_counter() - start
+    model.fold_batchnorm()  # as tasks.inference.load does; the research pattern ran the model unfolded
     model.set_precision(precision)
     timed_generate(model, images[:2], 2, 2)  # warm-up (autocast kernels)
     ours = timed_generate(model, images, 32, length, beam_size=1, use_cache=True)
@@ -138,7 +140,7 @@ def main() -> None:
     )
     from changescope.tasks.inference import load
 
-    default, _, _ = load("default")
+    default, _, _ = load("default", fold=False)
     research_comparison(
         fixed_length(default), "the shipped default (lite)", args.pairs, args.length, args.precision
     )

@@ -197,6 +197,12 @@ def test_test_time_views_average_masks_and_keep_the_change_tokens(views):
         assert not torch.allclose(plain.change_logit, out.change_logit, atol=1e-3)
         # captions and answers read the pair as given: the change tokens are the first view's
         assert torch.allclose(out.memory, plain.memory, atol=1e-5)
+        # and so does a ChangeLLM's last level, kept from the same passes: one backbone pass a view
+        calls = []
+        hook = model.backbone.register_forward_hook(lambda *args: calls.append(1))
+        seen = model(images, last=True)
+        hook.remove()
+        assert len(calls) == views and torch.allclose(seen.last, model.levels(images)[-1], atol=1e-5)
         grounded = model(images, pixels=True)  # what grounding reads: the first view's map, averaged masks
         assert torch.allclose(grounded.pixels, model.set_tta(1)(images, pixels=True).pixels, atol=1e-5)
         assert torch.allclose(grounded.mask_logits, out.mask_logits, atol=1e-5)

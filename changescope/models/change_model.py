@@ -29,6 +29,7 @@ from changescope.models.backbones import Backbone
 from changescope.models.config import ModelConfig
 from changescope.models.encoders import ENCODERS, build_encoder
 from changescope.models.encoders.layers import to_map
+from changescope.models.fusion import fold_batchnorm
 from changescope.models.heads.caption_decoder import CaptionDecoder
 from changescope.models.heads.mask_head import ChangeMaskHead, compose, upsample
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
@@ -36,6 +37,9 @@ from changescope.models.heads.retrieval_head import RetrievalHead
 from changescope.models.heads.temporal_head import TemporalChangeHead
 from changescope.models.question_encoder import build_question_encoder
 from changescope.models.views import apply_view, check_views, invert_view
+
+#: side of the probe pair that finds the batch norms to fold (``fold_batchnorm``): small, for a fast load
+PROBE_SIZE = 64
 
 #: inference precision -> autocast dtype (None: plain fp32)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,6 +70,9 @@ class ChangeOutput:
     change_logit: Tensor | None = None
     #: the mask head's fused change map ``[B, C, h, w]`` (what grounding reads), when asked for
     pixels: Tensor | None = None
+    #: the last backbone level of the pair as given ``[B, S, C, h, w]`` (what a ChangeLLM reads beside the
+    #: change tokens), when asked for
+    last: Tensor | None = None
 
 
 @dataclass
@@ -109,6 +116,8 @@ class ChangeModel(nn.Module):
             )
         self.config = config
         self.precision = "fp32"
+        #: batch norms folded for inference (``fold_batchnorm``); such a model is not saved
+        self.folded = 0
         #: test-time views averaged for the change masks at inference (``set_tta``)
         self.tta = 1
         self.single_stream = getattr(ENCODERS.get(config.encoder), "single_stream", False)
@@ -237,6 +246,28 @@ class ChangeModel(nn.Module):
             return None
         return "coarse_change_head" if head is self.coarse_change_head else "change_head"
 
+    def fold_batchnorm(self) -> int:
+        """Fold the batch norms into the convolutions before them, for inference (``models/fusion.py``:
+        the same outputs up to rounding, one pass over every activation map less); returns how many were
+        folded. Found on one small probe pair through both change heads (at the model's own size where a
+        backbone takes no other); a folded model cannot be saved."""
+        device = next(self.parameters()).device
+        gsds = [None] + ([self.config.coarse_gsd] if self.coarse_change_head is not None else [])
+        for size in dict.fromkeys((PROBE_SIZE, self.config.image_size)):
+            generator = torch.Generator().manual_seed(0)
+            images = torch.rand(1, 2, 3, size, size, generator=generator).to(device)
+
+            def probe(images=images):
+                levels = self.levels(images)
+                return levels, [self._pass(images, None, levels, True, False, gsd) for gsd in gsds]
+
+            try:
+                self.folded = fold_batchnorm(self, probe)
+            except (RuntimeError, ValueError):  # e.g. a ViT backbone of one input size
+                continue
+            return self.folded
+        return 0
+
     def set_tta(self, views: int) -> ChangeModel:
         """Test-time augmentation: average the change masks of inference over ``views`` flips and turns of
         each pair (1, 2, 4, 8; ``models/views.py``), about ``views`` times the mask work for a steadier
@@ -297,24 +328,25 @@ class ChangeModel(nn.Module):
         masks: bool = True,
         pixels: bool = False,
         gsd: float | None = None,
+        last: bool = False,
     ) -> ChangeOutput:
         """Run the model on ``images`` ``[B, T, 3, H, W]`` in [0, 1], or on cached ``features``
         (:meth:`backbone_features` output, for a frozen backbone). ``tokens`` ``[B, L]`` (``<start>``
         first) adds teacher-forced caption logits; ``masks=False`` skips the mask head; ``pixels=True``
         keeps the fused change map for :meth:`ground`; ``gsd`` (metres per pixel of the input, when known)
-        picks the change head (:meth:`change_head_for`)."""
+        picks the change head (:meth:`change_head_for`); ``last=True`` keeps the last backbone level."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features, not both")
         has_masks = self.mask_head is not None and self.mask_head.classifier is not None
         if self.tta > 1 and not self.training and has_masks and images is not None and masks:
             if tokens is None:
-                return self._forward_views(images, pixels, gsd)
-        return self._pass(images, tokens, features, masks, pixels, gsd)
+                return self._forward_views(images, pixels, gsd, last)
+        return self._pass(images, tokens, features, masks, pixels, gsd, last)
 
-    def _pass(self, images, tokens, features, masks, pixels, gsd=None) -> ChangeOutput:
+    def _pass(self, images, tokens, features, masks, pixels, gsd=None, last=False) -> ChangeOutput:
         levels = self.levels(images) if features is None else features
         memory = self._tokens(levels, images)
-        out = ChangeOutput(memory)
+        out = ChangeOutput(memory, last=levels[-1] if last else None)
         if tokens is not None:
             self.require("caption")
             out.caption_logits = self.decoder(memory, tokens)
@@ -335,20 +367,28 @@ class ChangeModel(nn.Module):
                     out.change_logit = upsample(head.logits(changed, extra), tuple(size))[:, 0]
                 out.mask_logits = compose(out.class_logits, out.change_logit, threshold)
         if self.precision != "fp32" and not self.training:  # what leaves the model is fp32
-            for name in ("memory", "pixels", "class_logits", "change_logit", "mask_logits", "caption_logits"):
+            for name in (
+                "memory",
+                "pixels",
+                "class_logits",
+                "change_logit",
+                "mask_logits",
+                "caption_logits",
+                "last",
+            ):
                 value = getattr(out, name)
                 if value is not None:
                     setattr(out, name, value.float())
         return out
 
-    def _forward_views(self, images: Tensor, pixels: bool, gsd: float | None) -> ChangeOutput:
+    def _forward_views(self, images: Tensor, pixels: bool, gsd: float | None, last: bool) -> ChangeOutput:
         """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair, one view at a
         time (one batch of all views cost more than the views did apart: 4.8x for 4, from its
-        full-resolution logits); the change tokens (and the fused map, ``pixels``) are the first view's,
-        the pair as given."""
+        full-resolution logits); the change tokens (and the fused map, ``pixels``, and the last level,
+        ``last``) are the first view's, the pair as given."""
         first = classes = change = None
         for k in range(self.tta):
-            out = self._pass(apply_view(images, k), None, None, True, pixels and k == 0, gsd)
+            out = self._pass(apply_view(images, k), None, None, True, pixels and k == 0, gsd, last and k == 0)
             # class scores average as log-probabilities, so no view's logit scale outweighs another's
             view = invert_view(out.class_logits.float().log_softmax(1), k)
             classes = view if classes is None else classes + view
@@ -356,7 +396,9 @@ class ChangeModel(nn.Module):
                 view = invert_view(out.change_logit.float(), k)
                 change = view if change is None else change + view
             first = out if k == 0 else first
-        result = ChangeOutput(first.memory, class_logits=classes / self.tta, pixels=first.pixels)
+        result = ChangeOutput(
+            first.memory, class_logits=classes / self.tta, pixels=first.pixels, last=first.last
+        )
         result.change_logit = None if change is None else change / self.tta
         result.mask_logits = compose(result.class_logits, result.change_logit, self.change_head_for(gsd)[1])
         return result

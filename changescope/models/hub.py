@@ -75,6 +75,11 @@ def save_pretrained(
 
     if backbone not in ("file", "package"):
         raise ValueError(f"backbone must be 'file' or 'package', got {backbone!r}")
+    if getattr(model, "folded", 0):
+        raise ValueError(
+            "this model's batch norms are folded for inference (ChangeModel.fold_batchnorm): save the model "
+            "loaded with tasks.inference.load(..., fold=False) or from_pretrained"
+        )
     if backbone == "package":
         _check_packaged_backbone(model)
 

@@ -128,7 +128,7 @@ def build_change_llm(
     if preset not in LLM_PRESETS:
         raise ChangescopeError(f"unknown LLM preset '{preset}' (known: {', '.join(LLM_PRESETS)})")
     spec = LLM_PRESETS[preset]
-    vision_model, vision_processor, _ = load(vision, "fp32")
+    vision_model, vision_processor, _ = load(vision, "fp32", fold=False)  # saved inside the ChangeLLM
     if vision_model.single_stream:
         raise ChangescopeError("the vision model needs a two-stream change encoder (each date's features)")
     source = lm_source or spec["lm"]

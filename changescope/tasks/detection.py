@@ -156,20 +156,10 @@ def iter_detections(
             batch = [i for i, fit in enumerate(fits) if fit]
             if batch:  # the common case: one forward pass gives the masks and the captions' change tokens
                 images = torch.stack([processor.resize(decoded[i]) for i in batch])
-                if tokens and model.tta == 1:
-                    with model.autocast():  # as ``model(images)`` runs it, so the mask is detect's own
-                        levels = model.levels(images)
-                    out = model(features=levels, gsd=gsd)
+                out = model(images, gsd=gsd, last=tokens)
+                if tokens:  # with test-time views, the pair as given (the first view)
                     for k, i in enumerate(batch):
-                        kept[i] = (out.memory[k : k + 1].float(), levels[-1][k : k + 1].float())
-                elif tokens:  # the views' masks come from the images; the first view's tokens are these
-                    with model.autocast():
-                        last = model.levels(images)[-1]
-                    out = model(images, gsd=gsd)
-                    for k, i in enumerate(batch):
-                        kept[i] = (out.memory[k : k + 1].float(), last[k : k + 1].float())
-                else:
-                    out = model(images, gsd=gsd)
+                        kept[i] = (out.memory[k : k + 1].float(), out.last[k : k + 1].float())
                 if captions:
                     words = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
                 for k, i in enumerate(batch):

@@ -67,14 +67,17 @@ def resolve_model(spec: str | Path) -> Path:
 
 
 def load(
-    spec: str | Path, precision: str | None = None, tta: int | None = None
+    spec: str | Path, precision: str | None = None, tta: int | None = None, fold: bool = True
 ) -> tuple[ChangeModel, ChangeProcessor, Path]:
     """``(model, processor, path)`` for a model directory, run directory or 'default'; ``precision``
     ('fp32', 'bf16', 'fp16'; None: ``default_precision()``) is the inference autocast (``set_precision``),
     ``tta`` the test-time views its change masks average (1, 2, 4, 8; None: the model's ``config.tta``;
-    ``set_tta``)."""
+    ``set_tta``); ``fold``: batch norms folded into their convolutions (``fold_batchnorm``; False for a
+    model that will be saved again, e.g. inside a ChangeLLM)."""
     path = resolve_model(spec)
     model, processor = from_pretrained(path)
+    if fold:
+        model.fold_batchnorm()
     model.set_precision(precision or default_precision())
     model.set_tta(tta or model.config.tta)
     return model, processor, path
