@@ -1,6 +1,7 @@
 """The composed captioner, presets and save_pretrained / from_pretrained."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -296,3 +297,73 @@ def test_describe_and_detect_hand_the_inputs_gsd_to_the_model(monkeypatch):
     large = rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)  # tiled: larger than the model's 64 px
     list(iter_detections(model, processor, [("p", a, b), ("q", large, large)], 10, Decoding(), 0.5))
     assert len(seen) > 2 and set(seen[1:]) == {0.5}
+
+
+def _probed(bias: float):
+    """The two-head model with a GSD probe that says coarse (bias > 0) or fine (< 0) for everything."""
+    from changescope.models.change_bands import with_coarse_head, with_gsd_probe
+
+    fine, coarse = _two_heads()
+    model = with_coarse_head(fine, coarse, coarse_gsd=5.0)
+    features = 2 * sum(model.backbone.channels[-2:])
+    return with_gsd_probe(model, torch.zeros(features), torch.tensor(bias)), fine, coarse
+
+
+def test_a_gsd_probe_sends_inputs_of_unknown_gsd_that_look_coarse_to_the_coarse_head(tmp_path, monkeypatch):
+    from changescope.models.change_bands import with_gsd_probe
+    from changescope.models.heads.gsd_probe import fit_probe
+    from changescope.tasks.detection import head_for_pair, iter_detections, mask_probabilities
+
+    images = torch.rand(3, 2, 3, 64, 64)
+    shift = math.log(0.5 / 0.5) - math.log(0.3 / 0.7)  # into the fine threshold's frame (0.5 vs 0.3)
+    with torch.no_grad():
+        model, fine, coarse = _probed(10.0)
+        out = model(images)
+        assert out.coarse.tolist() == [True] * 3
+        assert torch.allclose(out.change_logit, coarse(images).change_logit + shift, atol=1e-4)
+        assert torch.allclose(out.mask_logits.argmax(1), coarse(images).mask_logits.argmax(1))
+        # a known GSD decides as before, without the probe
+        assert model(images, gsd=0.5).coarse is None
+        assert torch.allclose(model(images, gsd=0.5).change_logit, fine(images).change_logit, atol=1e-5)
+        # per pair: a probe that calls the middle pair fine (its decision replaced, a test double: the
+        # routing is what is tested here, the probe's own weights below)
+        monkeypatch.setattr(model.gsd_probe, "forward", lambda levels: torch.tensor([1.0, -1.0, 1.0]))
+        out = model(images)
+        assert out.coarse.tolist() == [True, False, True]
+        assert torch.allclose(out.change_logit[1], fine(images).change_logit[1], atol=1e-5)
+        assert torch.allclose(out.change_logit[2], coarse(images).change_logit[2] + shift, atol=1e-4)
+        monkeypatch.undo()
+        # a large pair reads one head for all its tiles, and detect names it
+        processor, pair = ChangeProcessor(None, 64, 12), torch.rand(2, 3, 80, 96)
+        assert (
+            head_for_pair(model, processor, pair) is True
+            and head_for_pair(model, processor, pair, 1.0) is None
+        )
+        got = mask_probabilities(model, processor, pair)
+        assert torch.allclose(got, mask_probabilities(coarse, processor, pair), atol=1e-5)
+
+        def rgb(image):  # [3, H, W] in [0, 1] -> the uint8 array a user would pass
+            return (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+        rows = [("big", rgb(pair[0]), rgb(pair[1])), ("small", rgb(images[0, 0]), rgb(images[0, 1]))]
+        heads = [d.result["change_head"] for d in iter_detections(model, processor, rows, captions=False)]
+        assert heads == ["coarse_change_head", "coarse_change_head"]
+        fine_model = _probed(-10.0)[0]
+        heads = [
+            d.result["change_head"] for d in iter_detections(fine_model, processor, rows, captions=False)
+        ]
+        assert heads == ["change_head", "change_head"]
+    # saved and rebuilt with its probe
+    save_pretrained(model, ChangeProcessor(None, 64, 12), tmp_path / "m")
+    loaded, _ = from_pretrained(tmp_path / "m")
+    assert loaded.config.gsd_probe and torch.equal(loaded.gsd_probe.linear.bias, model.gsd_probe.linear.bias)
+    with pytest.raises(ValueError, match="this model has one"):
+        with_gsd_probe(fine, torch.zeros(4), torch.tensor(0.0))
+    # the fit: two clouds of features, told apart
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 6, generator=generator), torch.randn(10, 6, generator=generator) + 3])
+    y = torch.arange(50) >= 40
+    weight, bias = fit_probe(x * 5 + 7, y)  # raw features: the standardisation is folded in
+    assert ((x * 5 + 7) @ weight + bias > 0).eq(y).float().mean() > 0.95
+    with pytest.raises(ValueError, match="both coarse and fine"):
+        fit_probe(x, torch.zeros(50, dtype=torch.bool))

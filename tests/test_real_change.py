@@ -458,19 +458,40 @@ def test_a_mix_calibrates_its_change_threshold_on_the_mean_of_its_sources(tmp_pa
 def test_fine_tuning_a_model_with_two_change_heads_trains_one_head_for_every_input(tmp_path):
     from test_change_model import _two_heads
 
-    from changescope.models.change_bands import with_coarse_head
+    from changescope.models.change_bands import with_coarse_head, with_gsd_probe
+    from changescope.models.change_model import ChangeModel
     from changescope.models.hub import save_pretrained
     from changescope.models.processor import ChangeProcessor
-    from changescope.tasks.train_options import TrainOptions
+    from changescope.tasks.train_options import FREEZABLE, TrainOptions
     from changescope.tasks.training import _keep_init_heads
 
     fine, coarse = _two_heads()
     joined = with_coarse_head(fine, coarse, 5.0)
+    features = 2 * sum(joined.backbone.channels[-2:])
+    joined = with_gsd_probe(joined, torch.zeros(features), torch.tensor(1.0))
     banded = save_pretrained(joined, ChangeProcessor(None, 64, 12), tmp_path / "m")
-    # a mask run: the user's pairs train the one change head, used at every GSD
+    # a mask run: the user's pairs train the one change head, used at every GSD (no probe to pick one)
     options = TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), init=str(banded), tasks="mask")
     merged, _ = _keep_init_heads(options, fine.config, None, ("mask",))
     assert merged.coarse_gsd is None and merged.change_head_kwargs == fine.config.change_head_kwargs
-    # a run that trains no mask: both heads kept as they are
+    assert not merged.gsd_probe and ChangeModel(merged).gsd_probe is None
+    # a run that trains no mask: both heads and the probe kept as they are
     kept, _ = _keep_init_heads(options, fine.config, None, ("retrieval",))
-    assert kept.coarse_gsd == 5.0 and kept.coarse_change_threshold == 0.3
+    assert kept.coarse_gsd == 5.0 and kept.coarse_change_threshold == 0.3 and kept.gsd_probe
+    assert "gsd_probe" in FREEZABLE["change_head"]
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata (the real labelled pairs) is absent")
+def test_the_defaults_gsd_probe_tells_held_out_sentinel2_from_aerial_pairs():
+    from changescope.data.readers import open_dataset
+    from changescope.tasks.detection import head_for_pair
+    from changescope.tasks.inference import load
+
+    model, processor, _ = load("default", "fp32", 1)
+    assert model.gsd_probe is not None
+    oscd = open_dataset(REALDATA / "oscd-test10-labels", "test", "oscd")[0]["image"]  # larger than a tile
+    egy = open_dataset(REALDATA / "egy-bcd-ncc-samples" / "NCC samples", "test", "folder")[0]["image"]
+    with torch.no_grad():
+        assert head_for_pair(model, processor, oscd) is True
+        assert head_for_pair(model, processor, oscd, gsd=0.5) is None  # a given GSD decides
+        assert model(processor.resize(egy)[None]).coarse.tolist() == [False]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from changescope.models.encoders import ENCODERS, build_encoder
 from changescope.models.encoders.layers import to_map
 from changescope.models.fusion import fold_batchnorm
 from changescope.models.heads.caption_decoder import CaptionDecoder
+from changescope.models.heads.gsd_probe import GsdProbe
 from changescope.models.heads.mask_head import ChangeMaskHead, compose, upsample
 from changescope.models.heads.query_heads import AnswerHead, GroundingHead, QueryFusion
 from changescope.models.heads.retrieval_head import RetrievalHead
@@ -40,6 +42,11 @@ from changescope.models.views import apply_view, check_views, invert_view
 
 #: side of the probe pair that finds the batch norms to fold (``fold_batchnorm``): small, for a fast load
 PROBE_SIZE = 64
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
 
 #: inference precision -> autocast dtype (None: plain fp32)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,6 +80,8 @@ class ChangeOutput:
     #: the last backbone level of the pair as given ``[B, S, C, h, w]`` (what a ChangeLLM reads beside the
     #: change tokens), when asked for
     last: Tensor | None = None
+    #: which pairs the GSD probe sent to the coarse change head ``[B]`` bool, when it chose (no GSD given)
+    coarse: Tensor | None = None
 
 
 @dataclass
@@ -151,6 +160,9 @@ class ChangeModel(nn.Module):
         self.coarse_change_head = (
             self._new_change_head(config) if self.change_head is not None and config.coarse_gsd else None
         )
+        if config.gsd_probe and self.coarse_change_head is None:
+            raise ValueError("config.gsd_probe picks between two change heads: it needs config.coarse_gsd")
+        self.gsd_probe = GsdProbe(self.backbone.channels) if config.gsd_probe else None
         d_model = self.encoder.out_dim
         asks = bool(config.answers or config.grounding)
         reads_text = asks or config.retrieval_dim > 0
@@ -230,21 +242,62 @@ class ChangeModel(nn.Module):
             class_inputs=len(config.classes) if config.change_head_kwargs.get("class_inputs") else 0,
         )
 
-    def change_head_for(self, gsd: float | None) -> tuple[ChangeMaskHead | None, float]:
+    def change_head_for(
+        self, gsd: float | None, coarse: bool | None = None
+    ) -> tuple[ChangeMaskHead | None, float]:
         """The change head and threshold that decide change for an input of ``gsd`` metres per pixel
-        (None: unknown): the coarse head at or above ``config.coarse_gsd`` when the model has one."""
-        coarse = self.coarse_change_head is not None and gsd is not None and gsd >= self.config.coarse_gsd
+        (None: unknown): the coarse head at or above ``config.coarse_gsd`` when the model has one; ``coarse``
+        (a GSD probe's decision for a whole pair, :func:`~changescope.tasks.detection.head_for_pair`)
+        picks it instead when the GSD is unknown."""
+        if gsd is None and coarse is not None:
+            coarse = coarse and self.coarse_change_head is not None
+        else:
+            coarse = self.coarse_change_head is not None and gsd is not None and gsd >= self.config.coarse_gsd
         if coarse:
             return self.coarse_change_head, self.config.coarse_change_threshold
         return self.change_head, self.config.change_threshold
 
-    def change_head_name(self, gsd: float | None) -> str | None:
+    def change_head_name(self, gsd: float | None, coarse: bool | None = None) -> str | None:
         """Which head :meth:`change_head_for` picks, by its name: ``"change_head"``, ``"coarse_change_head"``,
-        or None for a model without one (its class head's argmax decides change)."""
-        head = self.change_head_for(gsd)[0]
+        or None for a model without one (its class head's argmax decides change); ``coarse``: what the GSD
+        probe chose for an input of unknown GSD (``ChangeOutput.coarse``)."""
+        head = self.change_head_for(gsd, coarse)[0]
         if head is None:
             return None
         return "coarse_change_head" if head is self.coarse_change_head else "change_head"
+
+    def coarse_rows(
+        self, levels: list[Tensor], gsd: float | None, coarse: bool | None = None
+    ) -> Tensor | None:
+        """``[B]`` bool: the pairs of unknown GSD that the GSD probe takes for coarse imagery (their change is
+        decided by the coarse head); None where the GSD or the head (``coarse``) is given, or the model has
+        no probe, or trains."""
+        if gsd is not None or coarse is not None or self.gsd_probe is None or self.training:
+            return None
+        return self.gsd_probe(levels) > 0
+
+    def _change_logit(self, head: ChangeMaskHead, levels, context: Tensor, extra: Tensor | None) -> Tensor:
+        return head.logits(head.decode(levels, context), extra)
+
+    def _routed_change_logit(self, levels, context: Tensor, extra: Tensor | None, coarse: Tensor) -> Tensor:
+        """The change logit of each row from the head the probe chose for it, the coarse rows shifted so
+        that the fine head's threshold decides them as the coarse threshold would."""
+        shift = _logit(self.config.change_threshold) - _logit(self.config.coarse_change_threshold)
+        logit = None
+        for head, rows, offset in (
+            (self.change_head, ~coarse, 0.0),
+            (self.coarse_change_head, coarse, shift),
+        ):
+            index = rows.nonzero()[:, 0]
+            if len(index) == 0:
+                continue
+            part = self._change_logit(
+                head, [f[index] for f in levels], context[index], None if extra is None else extra[index]
+            )
+            if logit is None:
+                logit = part.new_zeros(len(coarse), *part.shape[1:])
+            logit[index] = part + offset
+        return logit
 
     def fold_batchnorm(self) -> int:
         """Fold the batch norms into the convolutions before them, for inference (``models/fusion.py``:
@@ -329,21 +382,25 @@ class ChangeModel(nn.Module):
         pixels: bool = False,
         gsd: float | None = None,
         last: bool = False,
+        coarse: bool | None = None,
     ) -> ChangeOutput:
         """Run the model on ``images`` ``[B, T, 3, H, W]`` in [0, 1], or on cached ``features``
         (:meth:`backbone_features` output, for a frozen backbone). ``tokens`` ``[B, L]`` (``<start>``
         first) adds teacher-forced caption logits; ``masks=False`` skips the mask head; ``pixels=True``
         keeps the fused change map for :meth:`ground`; ``gsd`` (metres per pixel of the input, when known)
-        picks the change head (:meth:`change_head_for`); ``last=True`` keeps the last backbone level."""
+        picks the change head (:meth:`change_head_for`; unknown: each pair's by the GSD probe, where the
+        model has one, unless ``coarse`` gives it); ``last=True`` keeps the last backbone level."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features, not both")
         has_masks = self.mask_head is not None and self.mask_head.classifier is not None
         if self.tta > 1 and not self.training and has_masks and images is not None and masks:
             if tokens is None:
-                return self._forward_views(images, pixels, gsd, last)
-        return self._pass(images, tokens, features, masks, pixels, gsd, last)
+                return self._forward_views(images, pixels, gsd, last, coarse)
+        return self._pass(images, tokens, features, masks, pixels, gsd, last, coarse)
 
-    def _pass(self, images, tokens, features, masks, pixels, gsd=None, last=False) -> ChangeOutput:
+    def _pass(
+        self, images, tokens, features, masks, pixels, gsd=None, last=False, coarse=None
+    ) -> ChangeOutput:
         levels = self.levels(images) if features is None else features
         memory = self._tokens(levels, images)
         out = ChangeOutput(memory, last=levels[-1] if last else None)
@@ -359,12 +416,17 @@ class ChangeModel(nn.Module):
                 size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
                 low = self.mask_head.logits(fused)
                 out.class_logits = upsample(low, tuple(size))
-                head, threshold = self.change_head_for(gsd)
+                head, threshold = self.change_head_for(gsd, coarse)
                 if head is not None:
                     # the class head's log-probabilities are an input, not a target: no gradient into it
                     extra = low.detach().float().log_softmax(1) if head.class_inputs else None
-                    changed = head.decode(levels, to_map(memory, h, w))
-                    out.change_logit = upsample(head.logits(changed, extra), tuple(size))[:, 0]
+                    context = to_map(memory, h, w)
+                    out.coarse = self.coarse_rows(levels, gsd, coarse)
+                    if out.coarse is None:
+                        logit = self._change_logit(head, levels, context, extra)
+                    else:
+                        logit = self._routed_change_logit(levels, context, extra, out.coarse)
+                    out.change_logit = upsample(logit, tuple(size))[:, 0]
                 out.mask_logits = compose(out.class_logits, out.change_logit, threshold)
         if self.precision != "fp32" and not self.training:  # what leaves the model is fp32
             for name in (
@@ -381,14 +443,17 @@ class ChangeModel(nn.Module):
                     setattr(out, name, value.float())
         return out
 
-    def _forward_views(self, images: Tensor, pixels: bool, gsd: float | None, last: bool) -> ChangeOutput:
+    def _forward_views(
+        self, images: Tensor, pixels: bool, gsd: float | None, last: bool, coarse
+    ) -> ChangeOutput:
         """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair, one view at a
         time (one batch of all views cost more than the views did apart: 4.8x for 4, from its
         full-resolution logits); the change tokens (and the fused map, ``pixels``, and the last level,
         ``last``) are the first view's, the pair as given."""
         first = classes = change = None
         for k in range(self.tta):
-            out = self._pass(apply_view(images, k), None, None, True, pixels and k == 0, gsd, last and k == 0)
+            turned = apply_view(images, k)
+            out = self._pass(turned, None, None, True, pixels and k == 0, gsd, last and k == 0, coarse)
             # class scores average as log-probabilities, so no view's logit scale outweighs another's
             view = invert_view(out.class_logits.float().log_softmax(1), k)
             classes = view if classes is None else classes + view
@@ -397,10 +462,15 @@ class ChangeModel(nn.Module):
                 change = view if change is None else change + view
             first = out if k == 0 else first
         result = ChangeOutput(
-            first.memory, class_logits=classes / self.tta, pixels=first.pixels, last=first.last
+            first.memory,
+            class_logits=classes / self.tta,
+            pixels=first.pixels,
+            last=first.last,
+            coarse=first.coarse,
         )
         result.change_logit = None if change is None else change / self.tta
-        result.mask_logits = compose(result.class_logits, result.change_logit, self.change_head_for(gsd)[1])
+        threshold = self.change_head_for(gsd, coarse)[1]
+        result.mask_logits = compose(result.class_logits, result.change_logit, threshold)
         return result
 
     # -- sequences of T dates ------------------------------------------------------------------------

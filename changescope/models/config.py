@@ -51,6 +51,10 @@ class ModelConfig:
     #: unknown ones read the change head. None: one change head for every input
     coarse_gsd: float | None = None
     coarse_change_threshold: float = 0.5
+    #: a linear probe on the backbone's pooled features that picks the coarse change head for inputs of
+    #: unknown GSD that look like ``coarse_gsd`` or coarser imagery (``heads/gsd_probe.py``; fitted by
+    #: ``benchmarks/fit_gsd_probe.py``); False: unknown GSD always reads the change head
+    gsd_probe: bool = False
     #: test-time views inference averages the change masks over unless told otherwise (``--tta``; 1, 2, 4
     #: or 8, ``ChangeModel.set_tta``); training and validation always read one view
     tta: int = 1

@@ -55,14 +55,48 @@ def working_scale(model, gsd: float | None) -> float:
     return 1.0 if 1 / GSD_TOLERANCE <= ratio <= GSD_TOLERANCE else ratio
 
 
+#: tiles of a large pair of unknown GSD that the GSD probe reads to pick one change head for all of them
+PROBE_TILES = 4
+
+
+@torch.no_grad()
+def head_for_pair(model, processor, pair: torch.Tensor, gsd: float | None = None) -> bool | None:
+    """Whether the coarse change head decides a large pair (``[2, 3, H, W]``, cut into tiles at its own
+    resolution) of unknown GSD: the GSD probe's mean logit over up to ``PROBE_TILES`` of its tiles,
+    spread over it, so that every tile reads one head. None where the GSD is known or the model has no
+    probe (``ChangeModel.change_head_for`` decides)."""
+    from changescope.data.mix import tile_starts
+
+    if gsd is not None or getattr(model, "gsd_probe", None) is None:
+        return None
+    t = processor.image_size
+    h, w = pair.shape[-2:]
+    windows = [(y, x) for y in tile_starts(h, t, t) for x in tile_starts(w, t, t)]
+    picks = np.linspace(0, len(windows) - 1, min(PROBE_TILES, len(windows))).round().astype(int)
+    tiles = torch.stack(
+        [processor.resize(pair[..., y : y + t, x : x + t]) for y, x in (windows[i] for i in picks)]
+    )
+    with model.autocast():
+        levels = model.levels(tiles)
+    return bool(model.gsd_probe(levels).mean() > 0)
+
+
 @torch.no_grad()
 def mask_probabilities(
-    model, processor, pair: torch.Tensor, gsd: float | None = None, overlap: int = 32, batch_size: int = 8
+    model,
+    processor,
+    pair: torch.Tensor,
+    gsd: float | None = None,
+    overlap: int = 32,
+    batch_size: int = 8,
+    coarse: bool | None = None,
 ) -> torch.Tensor:
     """Per-class probabilities ``[K, H, W]`` at the pair's own size (``pair`` ``[2, 3, H, W]`` in [0, 1]).
 
     The pair is first resampled to the model's GSD when ``gsd`` is given (which also picks the change
-    head of a model with one for coarse imagery, ``ChangeModel.change_head_for``). A pair no larger than
+    head of a model with one for coarse imagery, ``ChangeModel.change_head_for``; of unknown GSD, the
+    model's GSD probe picks it, once for all the tiles of a large pair: ``head_for_pair``, or ``coarse``
+    when the caller already knows). A pair no larger than
     the model's size is resized to it (as in training on chips); a larger one is cut into overlapping
     tiles of the model's size, so its pixels keep their ground resolution instead of being shrunk, and the
     tiles' probabilities are blended with edge ramps (``geo.tiling.blend_weights``).
@@ -76,17 +110,20 @@ def mask_probabilities(
     h, w = work.shape[-2:]
     t = processor.image_size
     if h <= t and w <= t:
-        logits = processor.resize_logits(model(processor.resize(work)[None], gsd=gsd).mask_logits, size)
+        out = model(processor.resize(work)[None], gsd=gsd, coarse=coarse)
+        logits = processor.resize_logits(out.mask_logits, size)
         return logits.softmax(1)[0]
     if h < t or w < t:  # one side shorter than a tile: pad it (the padding is cropped off below)
         work = F.pad(work, (0, max(0, t - w), 0, max(0, t - h)))
+    if coarse is None:
+        coarse = head_for_pair(model, processor, work, gsd)
     windows = [(y, x) for y in tile_starts(h, t, t - overlap) for x in tile_starts(w, t, t - overlap)]
     weight = torch.from_numpy(blend_weights(t, overlap))
     total, norm = None, torch.zeros(work.shape[-2:])
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         tiles = torch.stack([work[..., y : y + t, x : x + t] for y, x in chunk])
-        probs = model(tiles, gsd=gsd).mask_logits.float().softmax(1)
+        probs = model(tiles, gsd=gsd, coarse=coarse).mask_logits.float().softmax(1)
         if total is None:
             total = torch.zeros(probs.shape[1], *work.shape[-2:])
         for (y, x), p in zip(chunk, probs, strict=True):
@@ -96,9 +133,12 @@ def mask_probabilities(
     return processor.resize_logits(probs[None], size)[0] if (h, w) != size else probs
 
 
-def predict_mask(model, processor, pair: torch.Tensor, gsd: float | None = None) -> np.ndarray:
+def predict_mask(
+    model, processor, pair: torch.Tensor, gsd: float | None = None, coarse: bool | None = None
+) -> np.ndarray:
     """Class ids at the pair's own size: ``pair`` ``[2, 3, H, W]`` in [0, 1] -> ``[H, W]`` uint8."""
-    return mask_probabilities(model, processor, pair, gsd).argmax(0).to(torch.uint8).numpy()
+    probs = mask_probabilities(model, processor, pair, gsd, coarse=coarse)
+    return probs.argmax(0).to(torch.uint8).numpy()
 
 
 def after_rgb(pair: torch.Tensor) -> np.ndarray:
@@ -152,6 +192,7 @@ def iter_detections(
         masks: list[np.ndarray | None] = [None] * len(chunk)
         texts: list[str | None] = [None] * len(chunk)
         kept: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(chunk)
+        coarse: list[bool | None] = [None] * len(chunk)  # the GSD probe's choice, for a pair of unknown GSD
         with torch.inference_mode():
             batch = [i for i, fit in enumerate(fits) if fit]
             if batch:  # the common case: one forward pass gives the masks and the captions' change tokens
@@ -160,6 +201,9 @@ def iter_detections(
                 if tokens:  # with test-time views, the pair as given (the first view)
                     for k, i in enumerate(batch):
                         kept[i] = (out.memory[k : k + 1].float(), out.last[k : k + 1].float())
+                if out.coarse is not None:
+                    for k, i in enumerate(batch):
+                        coarse[i] = bool(out.coarse[k])
                 if captions:
                     words = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
                 for k, i in enumerate(batch):
@@ -170,7 +214,8 @@ def iter_detections(
                 if fit:
                     continue
                 # tiles at the pair's own resolution for the mask; the whole pair, resized, for the caption
-                masks[i] = predict_mask(model, processor, decoded[i], gsd)
+                coarse[i] = head_for_pair(model, processor, decoded[i], gsd)
+                masks[i] = predict_mask(model, processor, decoded[i], gsd, coarse[i])
                 if captions:
                     texts[i] = caption_pairs(model, processor, decoded[i][None], decoding)[0]
                 if tokens:
@@ -191,7 +236,7 @@ def iter_detections(
                 "connectivity": CONNECTIVITY,
                 "gsd": gsd,
                 "model_gsd": model.config.gsd,
-                "change_head": model.change_head_name(gsd),
+                "change_head": model.change_head_name(gsd, coarse[i]),
                 "class_ids": dict(enumerate(model.config.classes)),
                 **summary,
             }

@@ -453,7 +453,11 @@ def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
         "gsd_source": source,
         "model_gsd_m": model.config.gsd,
         # the head that decides change here (a model with two reads the coarse one at 5 m or coarser)
-        "change_head": model.change_head_name(gsd),
+        "change_head": (
+            "by the GSD probe, tile by tile"
+            if gsd is None and getattr(model, "gsd_probe", None) is not None
+            else model.change_head_name(gsd)
+        ),
         "resampled_by": round(scale, 4),
         "tile_source_px": tile,
         "overlap_source_px": overlap,

@@ -70,7 +70,7 @@ FREEZABLE = {
     "encoder": ("encoder",),
     "decoder": ("decoder",),
     "mask_head": ("mask_head",),
-    "change_head": ("change_head", "coarse_change_head"),
+    "change_head": ("change_head", "coarse_change_head", "gsd_probe"),
     "questions": ("question_encoder", "fusion", "answer_head"),
     "grounding": ("grounding_head",),
     "retrieval": ("retrieval_head",),

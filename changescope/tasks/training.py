@@ -584,8 +584,10 @@ def _keep_init_heads(
             merged.classes = list(init.classes)
         merged.change_head_kwargs = init.change_head_kwargs or config.change_head_kwargs
         # the run trains one change head on its data, for every input: a coarse head it does not train
-        # would decide change on satellite inputs with weights the user's pairs never saw
+        # would decide change on satellite inputs with weights the user's pairs never saw (and with one
+        # head, the GSD probe that picks between two goes too)
         merged.coarse_gsd, merged.coarse_change_threshold = None, ModelConfig.coarse_change_threshold
+        merged.gsd_probe = False
     if options.gsd is not None:
         merged.gsd = _gsd_list(options.gsd)
     if options.image_size is not None:
