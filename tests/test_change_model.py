@@ -327,11 +327,23 @@ def test_a_gsd_probe_sends_inputs_of_unknown_gsd_that_look_coarse_to_the_coarse_
         assert torch.allclose(model(images, gsd=0.5).change_logit, fine(images).change_logit, atol=1e-5)
         # per pair: a probe that calls the middle pair fine (its decision replaced, a test double: the
         # routing is what is tested here, the probe's own weights below)
-        monkeypatch.setattr(model.gsd_probe, "forward", lambda levels: torch.tensor([1.0, -1.0, 1.0]))
+        calls = []
+
+        def decide(levels):
+            calls.append(1)
+            return torch.tensor([1.0, -1.0, 1.0])
+
+        monkeypatch.setattr(model.gsd_probe, "forward", decide)
         out = model(images)
         assert out.coarse.tolist() == [True, False, True]
         assert torch.allclose(out.change_logit[1], fine(images).change_logit[1], atol=1e-5)
         assert torch.allclose(out.change_logit[2], coarse(images).change_logit[2] + shift, atol=1e-4)
+        # test-time views keep the first view's choice: one decision, each pair's head in every view
+        coarse.set_tta(2)
+        out = model.set_tta(2)(images)
+        assert len(calls) == 2 and out.coarse.tolist() == [True, False, True]
+        assert torch.allclose(out.change_logit[2], coarse(images).change_logit[2] + shift, atol=1e-4)
+        model.set_tta(1), coarse.set_tta(1)
         monkeypatch.undo()
         # a large pair reads one head for all its tiles, and detect names it
         processor, pair = ChangeProcessor(None, 64, 12), torch.rand(2, 3, 80, 96)

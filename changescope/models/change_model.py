@@ -416,12 +416,14 @@ class ChangeModel(nn.Module):
                 size = images.shape[-2:] if images is not None else (self.config.image_size,) * 2
                 low = self.mask_head.logits(fused)
                 out.class_logits = upsample(low, tuple(size))
-                head, threshold = self.change_head_for(gsd, coarse)
+                # a tensor: the probe's per-pair choice, made on the first test-time view
+                chosen = isinstance(coarse, Tensor)
+                head, threshold = self.change_head_for(gsd, None if chosen else coarse)
                 if head is not None:
                     # the class head's log-probabilities are an input, not a target: no gradient into it
                     extra = low.detach().float().log_softmax(1) if head.class_inputs else None
                     context = to_map(memory, h, w)
-                    out.coarse = self.coarse_rows(levels, gsd, coarse)
+                    out.coarse = coarse if chosen else self.coarse_rows(levels, gsd, coarse)
                     if out.coarse is None:
                         logit = self._change_logit(head, levels, context, extra)
                     else:
@@ -449,11 +451,13 @@ class ChangeModel(nn.Module):
         """:meth:`forward` with the mask logits averaged over ``self.tta`` views of each pair, one view at a
         time (one batch of all views cost more than the views did apart: 4.8x for 4, from its
         full-resolution logits); the change tokens (and the fused map, ``pixels``, and the last level,
-        ``last``) are the first view's, the pair as given."""
+        ``last``) are the first view's, the pair as given, and so is the GSD probe's choice of head."""
         first = classes = change = None
         for k in range(self.tta):
             turned = apply_view(images, k)
             out = self._pass(turned, None, None, True, pixels and k == 0, gsd, last and k == 0, coarse)
+            if k == 0 and out.coarse is not None:
+                coarse = out.coarse
             # class scores average as log-probabilities, so no view's logit scale outweighs another's
             view = invert_view(out.class_logits.float().log_softmax(1), k)
             classes = view if classes is None else classes + view
@@ -469,7 +473,8 @@ class ChangeModel(nn.Module):
             coarse=first.coarse,
         )
         result.change_logit = None if change is None else change / self.tta
-        threshold = self.change_head_for(gsd, coarse)[1]
+        # routed rows are in the fine threshold's frame (``_routed_change_logit``)
+        threshold = self.change_head_for(gsd, None if isinstance(coarse, Tensor) else coarse)[1]
         result.mask_logits = compose(result.class_logits, result.change_logit, threshold)
         return result
 
