@@ -154,6 +154,10 @@ def test_train_llm_tiny_end_to_end_and_answer(synth, tmp_path, capsys, monkeypat
     for name, weight in loaded.vision.encoder.state_dict().items():  # the vision model is the shipped one
         assert torch.equal(weight, shipped.encoder.state_dict()[name].to(weight.dtype)), name
     assert any(not torch.equal(tuned[n], w.float()) for n, w in shipped.encoder.state_dict().items())
+    # as serve loads it: beside the process's shared vision model, whose batch norms are folded
+    served, _ = load_change_llm(run / "model", vision=load(run / "model" / "vision", "fp32")[:2])
+    assert served.vision.folded and served.encoder.state_dict().keys() == tuned.keys()
+    assert all(torch.equal(served.encoder.state_dict()[n], w) for n, w in tuned.items())
     a = synth / "images/test/A"
     first = sorted(a.iterdir())[0]
     pair = [str(first), str(synth / "images/test/B" / first.name)]

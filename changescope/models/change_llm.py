@@ -111,8 +111,20 @@ class ChangeLLM(nn.Module):
         hidden = lm.get_input_embeddings().embedding_dim
         self.projector = ChangeProjector(config.memory_dim, config.level_dim, hidden, config.grid)
         # a copy, so the vision model's own heads (its masks, the citations) keep the tokens they learned on
-        self.encoder = copy.deepcopy(vision.encoder).requires_grad_(True) if config.tune_encoder else None
+        self.encoder = self._encoder_copy(vision) if config.tune_encoder else None
         self.vision.requires_grad_(False).eval()
+
+    @staticmethod
+    def _encoder_copy(vision: nn.Module) -> nn.Module:
+        """A trainable change encoder like the vision model's, with its weights. A vision model loaded for
+        inference has its batch norms folded (``ChangeModel.fold_batchnorm``): the copy is then built
+        unfolded from the config, and its saved weights are loaded after (``load_change_llm``)."""
+        if not getattr(vision, "folded", 0):
+            return copy.deepcopy(vision.encoder).requires_grad_(True)
+        from changescope.models.encoders import build_encoder
+
+        config = vision.config
+        return build_encoder(config.encoder, vision.backbone.channels[-1], **config.encoder_kwargs)
 
     def train(self, mode: bool = True) -> ChangeLLM:
         super().train(mode)
