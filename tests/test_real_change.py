@@ -495,3 +495,22 @@ def test_the_defaults_gsd_probe_tells_held_out_sentinel2_from_aerial_pairs():
         assert head_for_pair(model, processor, oscd) is True
         assert head_for_pair(model, processor, oscd, gsd=0.5) is None  # a given GSD decides
         assert model(processor.resize(egy)[None]).coarse.tolist() == [False]
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata (the real labelled pairs) is absent")
+def test_a_scene_of_unknown_gsd_reads_the_head_its_probe_picks_for_every_tile(tmp_path):
+    from PIL import Image
+
+    import changescope
+    from changescope.data.readers import open_dataset
+
+    pair = open_dataset(REALDATA / "oscd-test10-labels", "test", "oscd")[0]["image"]  # Sentinel-2, 10 m
+    paths = []
+    for t, name in ((0, "a.png"), (-1, "b.png")):  # plain PNGs: no georeference, no GSD
+        rgb = (pair[t].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(rgb).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    summary = changescope.load("default", precision="fp32", tta=1).scene(*paths, out=tmp_path / "out")
+    resolution = summary["resolution"]
+    assert resolution["gsd_m"] is None and resolution["change_head_source"] == "GSD probe"
+    assert resolution["change_head"] == "coarse_change_head"

@@ -72,13 +72,23 @@ def head_for_pair(model, processor, pair: torch.Tensor, gsd: float | None = None
     t = processor.image_size
     h, w = pair.shape[-2:]
     windows = [(y, x) for y in tile_starts(h, t, t) for x in tile_starts(w, t, t)]
-    picks = np.linspace(0, len(windows) - 1, min(PROBE_TILES, len(windows))).round().astype(int)
-    tiles = torch.stack(
-        [processor.resize(pair[..., y : y + t, x : x + t]) for y, x in (windows[i] for i in picks)]
-    )
+    return probe_says_coarse(model, processor, [pair[..., y : y + t, x : x + t] for y, x in spread(windows)])
+
+
+def spread(items: list, count: int = PROBE_TILES) -> list:
+    """Up to ``count`` of ``items``, evenly spread from the first to the last."""
+    picks = np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)
+    return [items[i] for i in picks]
+
+
+@torch.no_grad()
+def probe_says_coarse(model, processor, tiles: list[torch.Tensor]) -> bool:
+    """The GSD probe's verdict on one pair or scene from some of its tiles (``[T, 3, h, w]`` each, its
+    first and last date read): the mean of its logits over them, > 0 for coarse imagery."""
+    images = torch.stack([processor.resize(tile[[0, -1]]) for tile in tiles])
     with model.autocast():
-        levels = model.levels(tiles)
-    return bool(model.gsd_probe(levels).mean() > 0)
+        levels = model.levels(images.to(next(model.parameters()).device))
+    return bool(model.gsd_probe(levels).float().mean() > 0)
 
 
 @torch.no_grad()

@@ -114,7 +114,7 @@ def _loaded(model, options: SceneOptions):
     return model
 
 
-def _predictor(model, processor, batch_size: int, gsd: float | None = None):
+def _predictor(model, processor, batch_size: int, gsd: float | None = None, coarse: bool | None = None):
     """Tiles ``[N, T, 3, t, t]`` -> class probabilities ``[N, T - 1, K, t, t]`` of every interval (resized
     to and from the model) by ``tasks.sequence.interval_probabilities``, one function for pairs and stacks.
     At most ``batch_size`` pairs of dates go through one forward pass: a pass's activations, more than the
@@ -125,7 +125,7 @@ def _predictor(model, processor, batch_size: int, gsd: float | None = None):
     def predict(images: torch.Tensor) -> torch.Tensor:
         step = max(1, batch_size // (images.shape[1] - 1))
         parts = [
-            interval_probabilities(model, processor, images[i : i + step], gsd)
+            interval_probabilities(model, processor, images[i : i + step], gsd, coarse)
             for i in range(0, len(images), step)
         ]
         return torch.cat(parts)
@@ -293,14 +293,15 @@ def _run(paths, out, model, options, progress, overwrite, finish, labels=None) -
     ):
         model, processor, model_path = _loaded(model, options)
         model.require("mask")
-        resolution = _resolution(model, stack, options)
         model.to(torch.device(options.device))
+        resolution = _resolution(model, stack, options)
+        coarse = _probed_head(model, processor, stack, resolution)
         classes = list(model.config.classes)
         changes = tmp / "changes.tif"
         with _progress_bar(progress) as bar:
             run_tiles(
                 stack,
-                _predictor(model, processor, options.batch_size, resolution["gsd_m"]),
+                _predictor(model, processor, options.batch_size, resolution["gsd_m"], coarse),
                 changes,
                 len(classes),
                 resolution["tile_source_px"],
@@ -432,6 +433,25 @@ def _stack_summary(run: _Run, dates, found, counts) -> dict[str, Any]:
     }
 
 
+def _probed_head(model, processor, stack, resolution: dict[str, Any]) -> bool | None:
+    """For a scene of unknown GSD and a model with a GSD probe: whether the coarse change head decides every
+    tile, by the probe's verdict on a few tiles spread over the scene (``detection.probe_says_coarse``);
+    ``resolution`` then names the head it chose. None otherwise (the GSD, or its absence, decides)."""
+    from changescope.geo.tiling import tile_windows
+    from changescope.tasks.detection import probe_says_coarse, spread
+
+    if resolution["gsd_m"] is not None or getattr(model, "gsd_probe", None) is None:
+        return None
+    windows = tile_windows(stack.window, resolution["tile_source_px"], resolution["overlap_source_px"])
+    tiles = [image for image, valid in (stack.read(w) for w in spread(windows, 8)) if valid.any()]
+    if not tiles:
+        return None
+    coarse = probe_says_coarse(model, processor, tiles)
+    resolution["change_head"] = model.change_head_name(None, coarse)
+    resolution["change_head_source"] = "GSD probe"
+    return coarse
+
+
 def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
     """The scene's GSD and how tiles are read: a tile of ``tile / scale`` source pixels is resized to the
     model's size by the predictor, so an input far from every GSD the model was trained at is seen at the
@@ -453,11 +473,7 @@ def _resolution(model, pair, options: SceneOptions) -> dict[str, Any]:
         "gsd_source": source,
         "model_gsd_m": model.config.gsd,
         # the head that decides change here (a model with two reads the coarse one at 5 m or coarser)
-        "change_head": (
-            "by the GSD probe, tile by tile"
-            if gsd is None and getattr(model, "gsd_probe", None) is not None
-            else model.change_head_name(gsd)
-        ),
+        "change_head": model.change_head_name(gsd),
         "resampled_by": round(scale, 4),
         "tile_source_px": tile,
         "overlap_source_px": overlap,

@@ -51,7 +51,14 @@ def uses_temporal_head(model, baseline: bool = False, dates: int = 3) -> bool:
     return not baseline and dates >= 3 and "sequence" in model.tasks
 
 
-def _forward(model, processor, images: torch.Tensor, captions: bool, gsd: float | None = None):
+def _forward(
+    model,
+    processor,
+    images: torch.Tensor,
+    captions: bool,
+    gsd: float | None = None,
+    coarse: bool | None = None,
+):
     """``images`` ``[N, T, 3, H, W]`` -> (class probabilities ``[N, T-1, K, H, W]``, caption token ids per
     interval or None), one batched pass; ``gsd`` (m / px, when known) picks the pair heads' change head."""
     n, t = images.shape[:2]
@@ -65,7 +72,8 @@ def _forward(model, processor, images: torch.Tensor, captions: bool, gsd: float 
             out = model.sequence(small)
             logits, memory = out.mask_logits.flatten(0, 1), out.memory
         else:
-            result = model(torch.stack([small[:, :-1], small[:, 1:]], dim=2).flatten(0, 1), gsd=gsd)
+            pairs = torch.stack([small[:, :-1], small[:, 1:]], dim=2).flatten(0, 1)
+            result = model(pairs, gsd=gsd, coarse=coarse)
             logits, memory = result.mask_logits, result.memory
         if captions and model.decoder is not None and memory is not None:
             tokens = model.generate_from(memory)
@@ -73,14 +81,16 @@ def _forward(model, processor, images: torch.Tensor, captions: bool, gsd: float 
     return probs.reshape(n, t - 1, *probs.shape[1:]), tokens
 
 
-def interval_probabilities(model, processor, images: torch.Tensor, gsd: float | None = None) -> torch.Tensor:
+def interval_probabilities(
+    model, processor, images: torch.Tensor, gsd: float | None = None, coarse: bool | None = None
+) -> torch.Tensor:
     """Class probabilities of every interval of a batch of sequences: ``images`` ``[N, T, 3, H, W]`` in
     [0, 1] (any size; resized to and from the model) -> ``[N, T - 1, K, H, W]`` float32 on the CPU, where
     interval ``i`` is the change from date ``i`` to date ``i + 1`` and ``K`` the model's classes (0 = no
     change). The temporal head decides change where the model has one and T >= 3, else each consecutive pair
     alone.
     Tiled callers (``scene`` on a stack of GeoTIFFs) blend these per tile."""
-    return _forward(model, processor, images, captions=False, gsd=gsd)[0]
+    return _forward(model, processor, images, captions=False, gsd=gsd, coarse=coarse)[0]
 
 
 def sequence_caption(captions: Sequence[str | None], changed: Sequence[bool], dates: Sequence[str]) -> str:
