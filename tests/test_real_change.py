@@ -514,3 +514,16 @@ def test_a_scene_of_unknown_gsd_reads_the_head_its_probe_picks_for_every_tile(tm
     resolution = summary["resolution"]
     assert resolution["gsd_m"] is None and resolution["change_head_source"] == "GSD probe"
     assert resolution["change_head"] == "coarse_change_head"
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata (the real labelled pairs) is absent")
+def test_describe_and_detect_agree_on_a_real_pair_larger_than_the_model():
+    import changescope
+
+    city = REALDATA / "oscd-test10-labels/FCN_version/dataset/OSCD/original_data/testing/valencia/pair"
+    before, after = city / "img1.png", city / "img2.png"  # 10 m, larger than 256 px: mapped tile by tile
+    model = changescope.load("default", precision="fp32")  # its 4 views
+    found = model.detect(before, after)
+    assert found.result["objects"] > 0  # small changes, lost when the whole city is shrunk to 256 px
+    # describe checks its caption against the same mask: never "no change" where detect finds objects
+    assert model.describe(before, after) == found.result["caption"]

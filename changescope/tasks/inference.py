@@ -148,25 +148,33 @@ def iter_descriptions(
     """One row per pair, ``decoding.batch_size`` pairs decoded and captioned at a time, so memory stays
     flat in the number of pairs (callers check the files first: ``tasks.pairs.check_pair_files``).
 
-    With a mask head, a caption that says "no change" while the model's own mask (at the model's size)
-    holds changed objects is replaced by a sentence written from the mask (``caption_source: "mask"``,
-    see ``tasks/consistency.py``); ``gsd`` (metres per pixel, when known) picks the change head of that mask
-    (``ChangeModel.change_head_for``)."""
-    from changescope.postprocess import MIN_AREA, remove_small_objects, summarize_mask
-    from changescope.tasks.consistency import reconcile
+    With a mask head, a caption that says "no change" while the model's own mask holds changed objects is
+    replaced by a sentence written from the mask (``caption_source: "mask"``, see ``tasks/consistency.py``).
+    That mask is the one ``detect`` makes (``tasks.detection.iter_detections``, the same forward pass as
+    the caption for a pair of the model's size, tiles at the pair's own resolution for a larger one), so
+    ``describe`` and ``detect`` never disagree on whether a pair changed; ``gsd`` (metres per pixel, when
+    known) picks the change head of that mask (``ChangeModel.change_head_for``)."""
+    from changescope.postprocess import MIN_AREA
+    from changescope.tasks.detection import iter_detections
 
     model.require("caption")
-    masks = "mask" in model.tasks
+    if "mask" in model.tasks:
+        found = iter_detections(model, processor, pairs, MIN_AREA, decoding, gsd)
+        for (pair_id, a, b), detection in zip(pairs, found, strict=True):
+            result = detection.result
+            yield {
+                "id": pair_id,
+                "before": image_name(a),
+                "after": image_name(b),
+                "caption": result["caption"],
+                "caption_source": result["caption_source"],
+                "model_caption": result["model_caption"],
+            }
+        return
     with torch.inference_mode():
         for chunk in _batches(pairs, decoding.batch_size):
             images = torch.stack([processor.load_pair(a, b) for _, a, b in chunk])
-            out = model(images, masks=masks, gsd=gsd)
+            out = model(images, masks=False, gsd=gsd)
             texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
-            for k, ((pair_id, a, b), text) in enumerate(zip(chunk, texts, strict=True)):
-                row = {"id": pair_id, "before": image_name(a), "after": image_name(b), "caption": text}
-                if masks:
-                    mask = out.mask_logits[k].argmax(0).to(torch.uint8).numpy()
-                    summary = summarize_mask(remove_small_objects(mask, MIN_AREA), list(model.config.classes))
-                    fixed = reconcile(text, summary)
-                    row.update(caption=fixed.caption, caption_source=fixed.source, model_caption=text)
-                yield row
+            for (pair_id, a, b), text in zip(chunk, texts, strict=True):
+                yield {"id": pair_id, "before": image_name(a), "after": image_name(b), "caption": text}
