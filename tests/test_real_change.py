@@ -397,20 +397,24 @@ def test_an_answer_never_denies_a_change_the_mask_shows():
     logits = torch.zeros(1, 3, 32, 32)
     logits[0, 0] = 1.0
     logits[0, 2, 4:14, 4:14] = 5.0  # a 10 x 10 building
-    model = SimpleNamespace(config=SimpleNamespace(classes=["background", "road", "building"]))
+    classes = ["background", "road", "building"]
     out = SimpleNamespace(mask_logits=logits)
+
+    def mask_of():
+        return out.mask_logits[0].argmax(0).to(torch.uint8).numpy()
+
     closed = {"answer": "no", "type": "change_or_not", "free_form": False}
-    assert _agree_with_mask(model, out, closed, 10) == {
+    assert _agree_with_mask(classes, mask_of, closed, 10) == {
         "answer_source": "mask",
         "answer": "yes",
         "model_answer": "no",
     }
     free = {"answer": "the two scenes seem identical", "type": "open", "free_form": True}
-    fixed = _agree_with_mask(model, out, free, 10)
+    fixed = _agree_with_mask(classes, mask_of, free, 10)
     assert fixed["answer"] == "a building has changed at the top left" and fixed["answer_source"] == "mask"
-    assert _agree_with_mask(model, out, {**closed, "answer": "yes"}, 10) == {"answer_source": "model"}
+    assert _agree_with_mask(classes, mask_of, {**closed, "answer": "yes"}, 10) == {"answer_source": "model"}
     out.mask_logits = torch.zeros(1, 3, 32, 32).index_fill_(1, torch.tensor([0]), 1.0)
-    assert _agree_with_mask(model, out, closed, 10) == {"answer_source": "model"}
+    assert _agree_with_mask(classes, mask_of, closed, 10) == {"answer_source": "model"}
 
 
 def test_a_frozen_packaged_backbone_stays_out_of_the_weights_file(tmp_path):
@@ -517,7 +521,7 @@ def test_a_scene_of_unknown_gsd_reads_the_head_its_probe_picks_for_every_tile(tm
 
 
 @pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata (the real labelled pairs) is absent")
-def test_describe_and_detect_agree_on_a_real_pair_larger_than_the_model():
+def test_describe_ask_and_detect_agree_on_a_real_pair_larger_than_the_model():
     import changescope
 
     city = REALDATA / "oscd-test10-labels/FCN_version/dataset/OSCD/original_data/testing/valencia/pair"
@@ -527,3 +531,5 @@ def test_describe_and_detect_agree_on_a_real_pair_larger_than_the_model():
     assert found.result["objects"] > 0  # small changes, lost when the whole city is shrunk to 256 px
     # describe checks its caption against the same mask: never "no change" where detect finds objects
     assert model.describe(before, after) == found.result["caption"]
+    # and so does ask: no "no" to whether anything changed
+    assert model.ask(before, after, "Is there any change?").result["answer"] == "yes"

@@ -11,7 +11,7 @@ means "no such change".
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,22 +82,38 @@ def _number(text: str) -> int | None:
     return int(words[0]) if len(words) == 1 and words[0].isdigit() else None
 
 
-def _agree_with_mask(model, out, result: dict[str, Any], min_area: int, index: int = 0) -> dict[str, Any]:
-    """The answer, unless it denies a change that the model's own mask shows (``tasks/consistency.py``):
-    "no" to whether anything changed becomes "yes", a free-form "no change" the mask's sentence."""
+def _agree_with_mask(
+    classes: list[str], mask_of: Callable[[], np.ndarray], result: dict[str, Any], min_area: int
+) -> dict[str, Any]:
+    """The answer, unless it denies a change that the model's own mask (``mask_of()``, class ids, only
+    computed for an answer that denies one) shows (``tasks/consistency.py``): "no" to whether anything
+    changed becomes "yes", a free-form "no change" the mask's sentence."""
     from changescope.tasks.consistency import caption_from_mask, says_no_change
 
-    mask = out.mask_logits[index].argmax(0).to(torch.uint8).numpy()
-    summary = summarize_mask(remove_small_objects(mask, min_area), list(model.config.classes))
     update: dict[str, Any] = {"answer_source": "model"}
+    answer = result.get("answer") or ""
+    denies = result["type"] == "change_or_not" and answer.strip().lower() == "no" and not result["free_form"]
+    free_denies = result["free_form"] and says_no_change(answer)
+    if not (denies or free_denies):
+        return update
+    summary = summarize_mask(remove_small_objects(mask_of(), min_area), classes)
     if summary["objects"] == 0:
         return update
-    answer = result.get("answer") or ""
-    if result["type"] == "change_or_not" and answer.strip().lower() == "no" and not result["free_form"]:
+    if denies:
         update.update(answer="yes", answer_source="mask", model_answer=answer)
-    elif result["free_form"] and says_no_change(answer):
+    else:
         update.update(answer=caption_from_mask(summary), answer_source="mask", model_answer=answer)
     return update
+
+
+def _mask_of(model, processor, out, decoded: torch.Tensor, index: int) -> Callable[[], np.ndarray]:
+    """The change mask ``detect`` makes for pair ``index``: from ``out`` when the pair fits the model's
+    size, else tile by tile at its own resolution (``detection.predict_mask``)."""
+    from changescope.tasks.detection import predict_mask
+
+    if max(decoded.shape[-2:]) <= processor.image_size:
+        return lambda: out.mask_logits[index].argmax(0).to(torch.uint8).numpy()
+    return lambda: predict_mask(model, processor, decoded)
 
 
 def iter_answers(
@@ -158,7 +174,9 @@ def iter_answers(
                         number=_number(text or "") if qtype == "count" else None,
                     )
                     if has_mask:
-                        results[i].update(_agree_with_mask(model, out, results[i], min_area, i))
+                        mask_of = _mask_of(model, processor, out, decoded[i], i)
+                        classes = list(model.config.classes)
+                        results[i].update(_agree_with_mask(classes, mask_of, results[i], min_area))
             if grounds:
                 logits = model.ground(out, query, (processor.image_size,) * 2)
                 for i, pair in enumerate(decoded):
