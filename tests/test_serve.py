@@ -116,16 +116,14 @@ def test_health(api):
 
 
 def test_describe_matches_the_library(api, app, synth):
-    from changescope.tasks.inference import Decoding, caption_pairs
+    from changescope.tasks.inference import Decoding, describe_files
 
     a, b = pair(synth)
     response = api.post("/describe", files=files(a, b))
     assert response.status_code == 200, response.text
     predictor = app.state.predictor
-    images = predictor.processor.read_pair(a, b)[None]
-    assert response.json() == {
-        "caption": caption_pairs(predictor.model, predictor.processor, images, Decoding())[0]
-    }
+    row = describe_files(predictor.model, predictor.processor, [("pair", a, b)], Decoding())[0]
+    assert response.json() == {k: row[k] for k in ("caption", "caption_source", "model_caption")}
 
 
 def test_detect_result_and_overlay(api, synth):

@@ -75,6 +75,10 @@ class Health(BaseModel):
 
 class Caption(BaseModel):
     caption: str
+    #: "model", or "mask" where the decoder said "no change" against the model's own change mask
+    caption_source: str | None = None
+    #: the decoder's own caption, when the model has a mask head
+    model_caption: str | None = None
 
 
 class JobCreated(BaseModel):

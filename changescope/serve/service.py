@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from changescope import __version__
 from changescope.errors import ChangescopeError, DataError
-from changescope.tasks.inference import Decoding, caption_pairs, shared
+from changescope.tasks.inference import Decoding, iter_descriptions, shared
 
 log = logging.getLogger("changescope.serve")
 
@@ -130,12 +129,12 @@ class Predictor:
             yield
 
     def describe(self, before: Path, after: Path, names=("before", "after")) -> dict[str, Any]:
+        """As ``changescope describe``: with a mask head, a "no change" caption that the model's own change
+        mask contradicts is written from the mask (``caption_source``)."""
         self.model.require("caption")
-        with self._inputs(before, after, names):
-            pair = self.processor.read_pair(before, after)  # decoded outside the lock
-        with self._lock, torch.inference_mode():
-            caption = caption_pairs(self.model, self.processor, pair[None], Decoding())[0]
-        return {"caption": caption}
+        with self._inputs(before, after, names), self._lock:
+            row = next(iter_descriptions(self.model, self.processor, [("pair", before, after)], Decoding()))
+        return {k: row[k] for k in ("caption", "caption_source", "model_caption") if k in row}
 
     def detect(
         self, before: Path, after: Path, min_area: int, names=("before", "after"), gsd: float | None = None
