@@ -31,7 +31,8 @@ import torch
 from changescope.data.instructions import read_instructions, write_instructions
 from changescope.metrics.accumulators import CaptionAccumulator
 from changescope.models.llm_hub import load_change_llm
-from changescope.tasks.inference import Decoding, iter_descriptions, load
+from changescope.tasks.describe import iter_descriptions
+from changescope.tasks.inference import Decoding, load
 from changescope.tasks.llm_inference import describe, reply
 from changescope.tasks.queries import open_pairs
 

@@ -78,7 +78,8 @@ class ChangePipeline:
         captioned ``batch_size`` pairs at a time. With a mask head, a "no change" caption that the model's own
         mask contradicts is replaced by one written from the mask, as ``changescope describe`` does; ``gsd``
         (metres per pixel) picks the change head of that mask (the default has one for 5 m or coarser)."""
-        from changescope.tasks.inference import Decoding, describe_files
+        from changescope.tasks.describe import describe_files
+        from changescope.tasks.inference import Decoding
 
         single, pairs = _pairs(before, after)
         decoding = Decoding(beam_size=beam, batch_size=batch_size)

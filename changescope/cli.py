@@ -586,7 +586,8 @@ def describe(
     2018 <caption>; between 2018 and 2020 ..." for each interval that changed. They are sorted by --dates,
     else by the dates in their metadata or names, else kept in the order given.
     """
-    from changescope.tasks.inference import Decoding, iter_descriptions, load
+    from changescope.tasks.describe import iter_descriptions
+    from changescope.tasks.inference import Decoding, load
     from changescope.tasks.pairs import check_pair_files, write_jsonl_resumable
 
     _check_decoding(beam, batch_size, length_penalty)

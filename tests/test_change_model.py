@@ -278,8 +278,9 @@ def test_describe_and_detect_hand_the_inputs_gsd_to_the_model(monkeypatch):
     records it, the model still runs for real."""
     import numpy as np
 
+    from changescope.tasks.describe import describe_files
     from changescope.tasks.detection import iter_detections
-    from changescope.tasks.inference import Decoding, describe_files
+    from changescope.tasks.inference import Decoding
 
     model, processor = _tiny(classes=["background", "road", "building"])
     seen, forward = [], model.forward

@@ -107,6 +107,9 @@ def test_evaluate_reports_detection_next_to_captions(mci_run, synth):
     assert "CIDEr-D" in table and "mIoU without background" in table and "building" in table
 
 
+# slow (33 s, two training runs): mask-only training is also run by the --tasks mask fine-tuning tests of
+# test_real_change.py; `make test-all` runs this one
+@pytest.mark.slow
 def test_mask_only_training_and_what_each_model_refuses(tmp_path, synth):
     from test_train_cli import TINY_YAML
 

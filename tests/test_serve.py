@@ -116,7 +116,8 @@ def test_health(api):
 
 
 def test_describe_matches_the_library(api, app, synth):
-    from changescope.tasks.inference import Decoding, describe_files
+    from changescope.tasks.describe import describe_files
+    from changescope.tasks.inference import Decoding
 
     a, b = pair(synth)
     response = api.post("/describe", files=files(a, b))

@@ -351,6 +351,9 @@ def test_evaluate_reports_vqa_and_grounding(vqa_run, synth):
     assert "3 pairs, split 'test'" in table
 
 
+# slow (22 s, a training run): question training is also run on SynthChange records above; the CDVQA
+# reader has its own tests; `make test-all` runs this one
+@pytest.mark.slow
 def test_cdvqa_trains_and_evaluates_questions_only(tmp_path, vqa_config):
     from data.make_fixtures import make_cdvqa
 

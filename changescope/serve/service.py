@@ -34,7 +34,8 @@ from PIL import Image
 
 from changescope import __version__
 from changescope.errors import ChangescopeError, DataError
-from changescope.tasks.inference import Decoding, iter_descriptions, shared
+from changescope.tasks.describe import iter_descriptions
+from changescope.tasks.inference import Decoding, shared
 
 log = logging.getLogger("changescope.serve")
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from changescope.data.imageio import image_name
 from changescope.errors import DataError
 from changescope.fileio import atomic_path
 from changescope.models.change_model import ChangeModel
@@ -116,7 +115,8 @@ def shared_model(spec: str | Path) -> tuple[ChangeModel, ChangeProcessor, Path]:
     return shared(spec).triple()
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
+    """``items`` in consecutive lists of ``size`` (the last may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -133,48 +133,3 @@ def write_jsonl(path: str | Path, rows) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def describe_files(
-    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding, gsd: float | None = None
-) -> list[dict]:
-    """Caption pairs of images (paths, PIL images or arrays); the rows of :func:`iter_descriptions`."""
-    return list(iter_descriptions(model, processor, pairs, decoding, gsd))
-
-
-def iter_descriptions(
-    model, processor, pairs: list[tuple[str, Any, Any]], decoding: Decoding, gsd: float | None = None
-) -> Iterator[dict]:
-    """One row per pair, ``decoding.batch_size`` pairs decoded and captioned at a time, so memory stays
-    flat in the number of pairs (callers check the files first: ``tasks.pairs.check_pair_files``).
-
-    With a mask head, a caption that says "no change" while the model's own mask holds changed objects is
-    replaced by a sentence written from the mask (``caption_source: "mask"``, see ``tasks/consistency.py``).
-    That mask is the one ``detect`` makes (``tasks.detection.iter_detections``, the same forward pass as
-    the caption for a pair of the model's size, tiles at the pair's own resolution for a larger one), so
-    ``describe`` and ``detect`` never disagree on whether a pair changed; ``gsd`` (metres per pixel, when
-    known) picks the change head of that mask (``ChangeModel.change_head_for``)."""
-    from changescope.postprocess import MIN_AREA
-    from changescope.tasks.detection import iter_detections
-
-    model.require("caption")
-    if "mask" in model.tasks:
-        found = iter_detections(model, processor, pairs, MIN_AREA, decoding, gsd)
-        for (pair_id, a, b), detection in zip(pairs, found, strict=True):
-            result = detection.result
-            yield {
-                "id": pair_id,
-                "before": image_name(a),
-                "after": image_name(b),
-                "caption": result["caption"],
-                "caption_source": result["caption_source"],
-                "model_caption": result["model_caption"],
-            }
-        return
-    with torch.inference_mode():
-        for chunk in _batches(pairs, decoding.batch_size):
-            images = torch.stack([processor.load_pair(a, b) for _, a, b in chunk])
-            out = model(images, masks=False, gsd=gsd)
-            texts = processor.decode(model.generate_from(out.memory, **decoding.kwargs()))
-            for (pair_id, a, b), text in zip(chunk, texts, strict=True):
-                yield {"id": pair_id, "before": image_name(a), "after": image_name(b), "caption": text}
