@@ -22,6 +22,7 @@ import torch
 
 from changescope.data.mix import MixedPairs
 from changescope.data.readers import open_dataset
+from changescope.errors import ChangescopeError
 from changescope.fileio import write_json_atomic
 from changescope.models.change_bands import with_gsd_probe
 from changescope.models.heads.gsd_probe import fit_probe, pooled_features
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the model with its probe here")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half size)")
     args = parser.parse_args()
+    if not Path(args.data).is_file():
+        raise SystemExit(f"error: {args.data}: mix file not found")
     directory = resolve_model(args.model)
     model, processor = from_pretrained(directory)
     if model.coarse_change_head is None:
@@ -117,4 +120,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ChangescopeError as err:  # a missing model or dataset: one line, as the CLI says it
+        raise SystemExit(f"error: {err}") from None
