@@ -65,13 +65,21 @@ def held_out_tiles(realdata: Path, size: int):
     for name, folder, fmt, split, _ in REAL_SETS:
         dataset = open_dataset(realdata / folder, split, fmt)
         for i in range(len(dataset)):
-            pair = dataset[i]["image"][[0, -1]]
-            h, w = pair.shape[-2:]
-            for y in range(0, max(h - size, 0) + 1, size):
-                for x in range(0, max(w - size, 0) + 1, size):
-                    tiles.append(pair[..., y : y + size, x : x + size])
-                    names.append(name)
+            cut = tiles_of(dataset[i]["image"][[0, -1]], size)
+            tiles += cut
+            names += [name] * len(cut)
     return tiles, names
+
+
+def tiles_of(pair: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Non-overlapping tiles of ``size`` at the pair's own resolution (a side shorter than ``size``: one
+    tile of that side's length)."""
+    h, w = pair.shape[-2:]
+    return [
+        pair[..., y : y + size, x : x + size]
+        for y in range(0, max(h - size, 0) + 1, size)
+        for x in range(0, max(w - size, 0) + 1, size)
+    ]
 
 
 def shares(logits: torch.Tensor, names: list[str]) -> dict[str, str]:

@@ -35,17 +35,6 @@ VARIANTS = {
 }
 
 
-def tiles_of(pair: torch.Tensor, size: int) -> list[torch.Tensor]:
-    h, w = pair.shape[-2:]
-    if min(h, w) < size:
-        return [pair]
-    return [
-        pair[..., y : y + size, x : x + size]
-        for y in range(0, h - size + 1, size)
-        for x in range(0, w - size + 1, size)
-    ]
-
-
 @torch.inference_mode()
 def probabilities(model, processor, tiles: list[torch.Tensor]) -> torch.Tensor:
     parts = []
@@ -56,6 +45,7 @@ def probabilities(model, processor, tiles: list[torch.Tensor]) -> torch.Tensor:
 
 
 def main() -> None:
+    from fit_gsd_probe import tiles_of
     from real_change import REAL_SETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

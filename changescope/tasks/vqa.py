@@ -141,6 +141,7 @@ def iter_answers(
     question = check_question(question)
     grounds = "grounding" in model.tasks
     has_mask = "mask" in model.tasks
+    classes = list(model.config.classes)
     remaining = iter(pairs)
     while chunk := list(itertools.islice(remaining, batch_size)):
         decoded = [processor.read_pair(before, after) for _, before, after in chunk]
@@ -175,7 +176,6 @@ def iter_answers(
                     )
                     if has_mask:
                         mask_of = _mask_of(model, processor, out, decoded[i], i)
-                        classes = list(model.config.classes)
                         results[i].update(_agree_with_mask(classes, mask_of, results[i], min_area))
             if grounds:
                 logits = model.ground(out, query, (processor.image_size,) * 2)
